@@ -1,0 +1,83 @@
+"""Edit losses and metrics, as the reference computes them.
+
+Sequence models score labels with -100 marking ignored positions. Decoder-only
+models shift (logits[:, :-1] predict labels[:, 1:]); seq2seq models do not.
+A single-logit classifier scores logsigmoid(±logit) by label.
+"""
+from typing import Dict, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+IGNORE = -100
+
+
+class TokenStats(NamedTuple):
+    """Per-example sums, so batches can be pooled with token-count weights."""
+
+    nll: jax.Array  # (batch,) summed NLL over unmasked tokens
+    n_tokens: jax.Array  # (batch,)
+    correct: jax.Array  # (batch,) every unmasked token is the argmax
+
+
+def _align(logits: jax.Array, labels: jax.Array, shift: bool):
+    if shift:
+        return logits[:, :-1], labels[:, 1:]
+    return logits, labels
+
+
+def token_stats(logits: jax.Array, labels: jax.Array, shift: bool) -> TokenStats:
+    if logits.shape[-1] == 1 and labels.ndim == 1:
+        return binary_stats(logits, labels)
+    logits, labels = _align(logits, labels, shift)
+    mask = labels != IGNORE
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    target = jnp.where(mask, labels, 0)
+    token_logp = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+    hit = (jnp.argmax(logits, axis=-1) == target) | ~mask
+    return TokenStats(
+        nll=-(token_logp * mask).sum(-1),
+        n_tokens=mask.sum(-1).astype(jnp.float32),
+        correct=hit.all(-1) & mask.any(-1),
+    )
+
+
+def binary_stats(logits: jax.Array, labels: jax.Array) -> TokenStats:
+    """One logit per example; labels are 0/1."""
+    z = logits.reshape(-1).astype(jnp.float32)
+    sign = jnp.where(labels > 0, 1.0, -1.0)
+    return TokenStats(
+        nll=-jax.nn.log_sigmoid(sign * z),
+        n_tokens=jnp.ones_like(z),
+        correct=(z > 0) == (labels > 0),
+    )
+
+
+def masked_nll(logits: jax.Array, labels: jax.Array, shift: bool) -> jax.Array:
+    """Mean NLL over all unmasked tokens of the batch (the reference's edit loss)."""
+    stats = token_stats(logits, labels, shift)
+    return stats.nll.sum() / jnp.maximum(stats.n_tokens.sum(), 1.0)
+
+
+def kl_loc(pre_logits: jax.Array, post_logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """KL(p_pre ‖ p_post) averaged over unmasked positions; Bernoulli KL for one logit.
+
+    As in the reference, sequence positions are not shifted: `mask` is the
+    attention mask of the locality batch.
+    """
+    if pre_logits.shape[-1] == 1 and pre_logits.ndim == 2:
+        p = jax.nn.log_sigmoid(pre_logits.astype(jnp.float32))
+        q = jax.nn.log_sigmoid(post_logits.astype(jnp.float32))
+        p_, q_ = jax.nn.log_sigmoid(-pre_logits.astype(jnp.float32)), jax.nn.log_sigmoid(-post_logits.astype(jnp.float32))
+        return (jnp.exp(p) * (p - q) + jnp.exp(p_) * (p_ - q_)).mean()
+    logp = jax.nn.log_softmax(pre_logits.astype(jnp.float32), axis=-1)
+    logq = jax.nn.log_softmax(post_logits.astype(jnp.float32), axis=-1)
+    kl = (jnp.exp(logp) * (logp - logq)).sum(-1)
+    mask = mask.astype(jnp.float32)
+    return (kl * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def summarize(stats: TokenStats) -> Dict[str, jax.Array]:
+    n = jnp.maximum(stats.n_tokens.sum(), 1.0)
+    nll = stats.nll.sum() / n
+    return {"acc": stats.correct.mean(), "nll": nll, "log_prob": -nll, "prob": jnp.exp(-nll)}

@@ -1,0 +1,26 @@
+"""Flax models that load Hugging Face checkpoints, and the glue MEND needs."""
+from mend_jax.models.api import (
+    add_pad_token,
+    build_module,
+    get_path,
+    init_params,
+    inner_param_paths,
+    load_pretrained,
+    save_pretrained,
+)
+from mend_jax.models.checkpoint_io import CheckpointError
+from mend_jax.models.factors import inner_factors
+from mend_jax.models.registry import known_model_types
+
+__all__ = [
+    "CheckpointError",
+    "add_pad_token",
+    "build_module",
+    "get_path",
+    "init_params",
+    "inner_factors",
+    "inner_param_paths",
+    "known_model_types",
+    "load_pretrained",
+    "save_pretrained",
+]

@@ -1,0 +1,103 @@
+"""Public entry points: load_pretrained, save_pretrained, inner-param lookup."""
+import json
+import os
+from typing import Any, Dict, List, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mend_jax.models import convert, hub
+from mend_jax.models.checkpoint_io import CheckpointError, read_state_dict, write_safetensors
+from mend_jax.models.registry import Family, dummy_inputs, get_family
+
+Path = Tuple[str, ...]
+
+
+def family_of(module: nn.Module) -> Family:
+    return get_family(module.config.model_type)
+
+
+def read_config(directory: str):
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{directory} has no config.json")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if "model_type" not in raw:
+        raise CheckpointError(f"{path} has no 'model_type'")
+    family = get_family(raw["model_type"])
+    return family, family.config_class.from_dict(raw)
+
+
+def build_module(hf_config, dtype=jnp.float32, param_dtype=None) -> nn.Module:
+    family = get_family(hf_config.model_type)
+    return family.build(hf_config, dtype=dtype, param_dtype=param_dtype or dtype)
+
+
+def init_params(module: nn.Module, rng: jax.Array) -> Dict:
+    return module.init(rng, **dummy_inputs(family_of(module)))["params"]
+
+
+def param_shapes(module: nn.Module) -> Dict:
+    return jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0)))
+
+
+def load_pretrained(name_or_path: str, dtype=jnp.float32, param_dtype=None) -> Tuple[nn.Module, Dict]:
+    """Loads a Hugging Face checkpoint (local directory or hub name) as (module, params).
+
+    Reads model.safetensors (sharded too), flax_model.msgpack, or pytorch_model.bin
+    (with torch, weights_only=True). The architecture comes from config.json.
+    """
+    directory = hub.resolve(name_or_path)
+    family, hf_config = read_config(directory)
+    module = build_module(hf_config, dtype, param_dtype)
+    state = read_state_dict(directory)
+    shapes = param_shapes(module)
+    needs_init = any(family.optional(n) and n not in state for n in convert.torch_names(shapes))
+    fresh = init_params(module, jax.random.PRNGKey(0)) if needs_init else None
+    params = convert.state_dict_to_params(family, state, shapes, fresh)
+    return module, jax.tree_util.tree_map(jnp.asarray, params)
+
+
+def save_pretrained(module: nn.Module, params: Dict, out_dir: str) -> None:
+    """Writes config.json and model.safetensors that `transformers` PyTorch loads."""
+    os.makedirs(out_dir, exist_ok=True)
+    module.config.save_pretrained(out_dir)
+    state = convert.params_to_state_dict(family_of(module), jax.device_get(params))
+    state = {k: v.astype(np.float32) if v.dtype == jnp.bfloat16 else v for k, v in state.items()}
+    write_safetensors(state, os.path.join(out_dir, "model.safetensors"))
+
+
+def inner_param_paths(module: nn.Module, params: Dict, names: Sequence[str]) -> List[Path]:
+    """Maps Hugging Face PyTorch names of edited matrices to paths in `params`."""
+    return convert.resolve_names(family_of(module), params, names)
+
+
+def get_path(tree: Dict, path: Path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def add_pad_token(module: nn.Module, params: Dict, tokenizer=None) -> Tuple[nn.Module, Dict]:
+    """The reference's GPT-2 fix: add '[PAD]' and grow the embedding by one mean row."""
+    cfg = module.config.__class__.from_dict(module.config.to_dict())
+    wte = params["transformer"]["wte"]["embedding"]
+    new_row = wte.mean(axis=0, keepdims=True)
+    params = jax.tree_util.tree_map(lambda x: x, params)  # shallow-safe copy of the nested dicts
+    params["transformer"]["wte"]["embedding"] = jnp.concatenate([wte, new_row], axis=0)
+    cfg.pad_token_id = wte.shape[0]
+    cfg.vocab_size = wte.shape[0] + 1
+    if tokenizer is not None:
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+        if tokenizer.pad_token_id != cfg.pad_token_id:
+            raise ValueError(
+                f"tokenizer gave [PAD] id {tokenizer.pad_token_id}, but the grown embedding row is "
+                f"{cfg.pad_token_id}; the tokenizer and the checkpoint disagree on the vocabulary size"
+            )
+    return module.clone(config=cfg), params

@@ -1,0 +1,132 @@
+"""GPT-2 (and distilGPT-2): learned positions, (d_in, d_out) kernels, tied LM head.
+
+The parameter tree mirrors `transformers`' FlaxGPT2LMHeadModel:
+``transformer/{wte,wpe,h/<i>/{ln_1,attn/{c_attn,c_proj},ln_2,mlp/{c_fc,c_proj}},ln_f}``.
+"""
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import transformers
+
+from mend_jax.models import attention
+from mend_jax.models.layers import EditableDense, Embed, activation
+from mend_jax.models.registry import Family, register
+
+Dtype = Any
+
+
+class GPT2Attention(nn.Module):
+    config: Any
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, h, mask, deterministic):
+        cfg = self.config
+        d = cfg.n_embd
+        dense = lambda n, name: EditableDense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        q, k, v = jnp.split(dense(3 * d, "c_attn")(h), 3, axis=-1)
+        q, k, v = (attention.split_heads(t, cfg.n_head) for t in (q, k, v))
+        scale = (d // cfg.n_head) ** -0.5 if cfg.scale_attn_weights else 1.0
+        out = attention.attend(
+            q, k, v, mask, scale=scale,
+            dropout=nn.Dropout(cfg.attn_pdrop), deterministic=deterministic,
+        )
+        out = dense(d, "c_proj")(attention.merge_heads(out))
+        return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
+
+
+class GPT2MLP(nn.Module):
+    config: Any
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, h, deterministic):
+        cfg = self.config
+        inner = cfg.n_inner or 4 * cfg.n_embd
+        h = EditableDense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="c_fc")(h)
+        h = activation(cfg.activation_function)(h)
+        h = EditableDense(cfg.n_embd, dtype=self.dtype, param_dtype=self.param_dtype, name="c_proj")(h)
+        return nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
+
+
+class GPT2Block(nn.Module):
+    config: Any
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, h, mask, deterministic):
+        eps = self.config.layer_norm_epsilon
+        kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
+        ln = lambda name: nn.LayerNorm(eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        h = h + GPT2Attention(**kw, name="attn")(ln("ln_1")(h), mask, deterministic)
+        return h + GPT2MLP(**kw, name="mlp")(ln("ln_2")(h), deterministic)
+
+
+class GPT2BlockCollection(nn.Module):
+    config: Any
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, h, mask, deterministic):
+        for i in range(self.config.n_layer):
+            h = GPT2Block(self.config, self.dtype, self.param_dtype, name=str(i))(h, mask, deterministic)
+        return h
+
+
+class GPT2Transformer(nn.Module):
+    config: Any
+    dtype: Dtype
+    param_dtype: Dtype
+
+    def setup(self):
+        cfg = self.config
+        self.wte = Embed(cfg.vocab_size, cfg.n_embd, self.dtype, self.param_dtype)
+        self.wpe = Embed(cfg.n_positions, cfg.n_embd, self.dtype, self.param_dtype)
+        self.drop = nn.Dropout(cfg.embd_pdrop)
+        self.h = GPT2BlockCollection(cfg, self.dtype, self.param_dtype)
+        self.ln_f = nn.LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def __call__(self, input_ids, attention_mask, deterministic):
+        length = input_ids.shape[1]
+        positions = jnp.arange(length)[None, :]
+        h = self.drop(self.wte(input_ids) + self.wpe(positions), deterministic=deterministic)
+        mask = attention.causal(length)
+        if attention_mask is not None:
+            mask = mask & attention.padding_mask(attention_mask)
+        h = self.ln_f(self.h(h, mask, deterministic))
+        return self.wte.attend(h)
+
+
+class GPT2LMHeadModel(nn.Module):
+    """Causal LM returning logits of shape (batch, seq, vocab)."""
+
+    config: Any
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: Optional[jax.Array] = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        transformer = GPT2Transformer(self.config, self.dtype, self.param_dtype, name="transformer")
+        return transformer(input_ids, attention_mask, deterministic)
+
+
+FAMILY = register(
+    Family(
+        model_type="gpt2",
+        build=GPT2LMHeadModel,
+        config_class=transformers.GPT2Config,
+        conv1d_kernels=True,
+        base_prefix="transformer.",
+    )
+)

