@@ -1,0 +1,87 @@
+"""Batch building shared by the experiments: static shapes, pure-function sampling.
+
+Every batch is a function of (seed, step) alone, so training can resume at any
+step without replaying the sampler, and jit sees the same shapes every time.
+"""
+import functools
+from typing import Dict, List, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from mend_jax.losses import IGNORE
+
+# Leading entropy words that keep the different random streams apart.
+_PERMUTATION, _TRAIN, _EVAL = 0, 1, 2
+
+
+def train_rng(seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([_TRAIN, seed, step])
+
+
+def eval_rng(index: int) -> np.random.Generator:
+    """Eval batches ignore the training seed, so runs with different seeds see the same ones."""
+    return np.random.default_rng([_EVAL, index])
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    perm = np.random.default_rng([_PERMUTATION, seed, epoch]).permutation(n)
+    perm.flags.writeable = False  # shared by the cache
+    return perm
+
+
+def epoch_indices(n_items: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of batch `step`: each epoch walks a fresh seeded permutation.
+
+    The last `n_items % batch_size` items of an epoch's permutation are skipped
+    (different ones each epoch) so every batch has the same size.
+    """
+    if not 1 <= batch_size <= n_items:
+        raise ValueError(f"batch of {batch_size} items from a set of {n_items}")
+    epoch, pos = divmod(step, n_items // batch_size)
+    return _permutation(n_items, seed, epoch)[pos * batch_size : (pos + 1) * batch_size]
+
+
+def check_tokenizer(tokenizer) -> None:
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no pad token; apply the GPT-2 pad fix first: "
+            "module, params = mend_jax.models.add_pad_token(module, params, tokenizer) (it adds '[PAD]')"
+        )
+    if getattr(tokenizer, "padding_side", "right") != "right":
+        raise ValueError(
+            f"tokenizer pads on the {tokenizer.padding_side}; only right padding is supported "
+            "(labels and the prefix drop assume real tokens come first). Set tokenizer.padding_side = 'right'"
+        )
+
+
+def pad_right(seqs: Sequence[Sequence[int]], length: int, pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(ids, attention_mask), int32 of shape (len(seqs), length); sequences must fit."""
+    ids = np.full((len(seqs), length), pad_id, np.int32)
+    mask = np.zeros((len(seqs), length), np.int32)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def lm_labels(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Every real token is a target; padding is ignored."""
+    return np.where(mask > 0, ids, IGNORE).astype(np.int32)
+
+
+def shift_left(batch: Dict[str, np.ndarray], drop: int, pad_id: int) -> Dict[str, np.ndarray]:
+    """Drops the first `drop` positions of every row and re-pads on the right to the same width."""
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
+    out = {}
+    for key, value in batch.items():
+        shifted = np.full_like(value, fill[key])
+        shifted[:, : value.shape[1] - drop] = value[:, drop:]
+        out[key] = shifted
+    return out
+
+
+def stack_batches(batches: List[Dict]) -> Dict:
+    """Stacks same-structure batches on a new leading axis (for vmapped evaluation)."""
+    return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *batches)

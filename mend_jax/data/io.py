@@ -1,0 +1,52 @@
+"""Reading data files with errors that name the file and say what to do."""
+import itertools
+import json
+import os
+from typing import Any, List
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data file is missing; the message says where to get it."""
+
+
+class DataFormatError(ValueError):
+    """A data file exists but does not have the published format."""
+
+
+def require_file(path: str, hint: str) -> None:
+    if not os.path.isfile(path):
+        raise DataNotFoundError(f"{path} does not exist. {hint}")
+
+
+def read_json(path: str, hint: str) -> Any:
+    require_file(path, hint)
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+
+
+def _count_lines(path: str) -> int:
+    """Counts lines without holding the file (wiki.train.raw is ~500 MB)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")  # a last line without a newline still counts
+
+
+def read_lines(path: str, hint: str, pct: float = 100.0) -> List[str]:
+    """The first `pct` percent of the file's lines, newlines kept.
+
+    This is the `split[:pct%]` of a line-per-row dataset such as Hugging Face's
+    wikitext (whose rows keep their trailing newline), rounded to the closest line.
+    """
+    require_file(path, hint)
+    if not 0 < pct <= 100:
+        raise ValueError(f"pct must be in (0, 100], got {pct}")
+    n_keep = None if pct == 100 else int(round(_count_lines(path) * pct / 100))
+    # Undecodable bytes become U+FFFD, which the ASCII filter then drops.
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return list(itertools.islice(f, n_keep))

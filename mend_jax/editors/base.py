@@ -1,0 +1,63 @@
+"""The interface every editing algorithm implements, so one trainer runs them all.
+
+An editor is a pair of pure functions over pytrees:
+
+* ``init(rng, base_params) -> (params, stats)``: trainable editor parameters
+  and non-trainable state (e.g. MEND's normalisation statistics).
+* ``edit(params, stats, base_params, edit_batch, train) -> (edited_params, stats, info)``:
+  new base weights for the edit described by ``edit_batch``; ``stats`` is
+  updated only when ``train`` is true.
+
+``param_labels(params)`` names optimiser groups ("editor" or "edit_lrs") so the
+trainer can give them different learning rates.
+"""
+import dataclasses
+from typing import Any, Dict, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from mend_jax import losses
+from mend_jax.models.factors import model_inputs
+
+Path = Tuple[str, ...]
+Params = Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class EditTarget:
+    """The model being edited: module, the inner matrices, and how its loss aligns labels."""
+
+    module: nn.Module
+    inner_paths: Tuple[Path, ...]
+    inner_names: Tuple[str, ...]
+    shift_labels: bool  # decoder-only models predict the next token
+
+    def logits(self, params: Params, batch: Dict[str, jax.Array]) -> jax.Array:
+        return self.module.apply({"params": params}, **model_inputs(batch))
+
+    def nll(self, logits: jax.Array, batch: Dict[str, jax.Array]) -> jax.Array:
+        return losses.masked_nll(logits, batch["labels"], self.shift_labels)
+
+    def inner_shapes(self, params: Params) -> Tuple[Tuple[int, ...], ...]:
+        flat = traverse_util.flatten_dict(params)
+        return tuple(tuple(flat[p].shape) for p in self.inner_paths)
+
+
+def add_to_inner(params: Params, updates: Dict[Path, jax.Array]) -> Params:
+    """params with `updates` added to the given leaves (other leaves shared, not copied)."""
+    flat = traverse_util.flatten_dict(params)
+    for path, delta in updates.items():
+        flat[path] = flat[path] + delta.astype(flat[path].dtype)
+    return traverse_util.unflatten_dict(flat)
+
+
+def inner_values(params: Params, paths: Sequence[Path]) -> Tuple[jax.Array, ...]:
+    flat = traverse_util.flatten_dict(params)
+    return tuple(flat[p] for p in paths)
+
+
+def edit_lrs_init(n: int, value: float) -> jax.Array:
+    return jnp.full((n,), value, jnp.float32)
