@@ -80,26 +80,7 @@ def flax_grad_in_torch_layout(module, grad):
 def check_gradients_and_factors(pt_model, module, params, inputs, labels, names, shift):
     """Inner-param gradients match PyTorch, and Σ_rows x ⊗ δ equals them."""
     ref_loss, ref_grads = torch_inner_grads(pt_model, inputs, labels, names, shift)
-    paths = inner_param_paths(module, params, names)
-    jinputs = {k: jnp.asarray(v) for k, v in inputs.items()}
-    jlabels = jnp.asarray(labels)
-
-    def loss_of(p):
-        return losses.masked_nll(module.apply({"params": p}, **jinputs), jlabels, shift)
-
-    loss, grads = jax.value_and_grad(loss_of)(params)
-    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
-    loss_f, _, factors = inner_factors(
-        module, params, paths, lambda logits, b: losses.masked_nll(logits, jlabels, shift), jinputs
-    )
-    np.testing.assert_allclose(float(loss_f), ref_loss, rtol=1e-5)
-    for name, path in zip(names, paths):
-        g = get_path(grads, path)
-        np.testing.assert_allclose(flax_grad_in_torch_layout(module, g), ref_grads[name], atol=GRAD_ATOL)
-        x, delta = factors[path]
-        outer = jnp.einsum("...i,...o->io", x, delta)
-        assert outer.shape == g.shape
-        np.testing.assert_allclose(np.asarray(outer), np.asarray(g), atol=GRAD_ATOL)
+    assert_flax_gradients_and_factors(module, params, inputs, labels, names, shift, ref_loss, ref_grads)
 
 
 def check_round_trip(pt_class, module, params, inputs, directory, valid=None):
@@ -116,3 +97,45 @@ def perturb_params(params, seed=1, scale=0.02):
     rng = np.random.RandomState(seed)
     out = {k: v + scale * rng.standard_normal(v.shape).astype(np.float32) for k, v in flat.items()}
     return traverse_util.unflatten_dict(out)
+
+
+def torch_binary_inner_grads(pt_model, inputs, labels, names):
+    """Gradients of the single-logit classifier's mean -logsigmoid(±logit), in PyTorch layout."""
+    pt_model.zero_grad()
+    logits = pt_model(**to_torch(inputs)).logits.reshape(-1)
+    sign = torch.tensor(np.where(np.asarray(labels) > 0, 1.0, -1.0), dtype=logits.dtype)
+    loss = -torch.nn.functional.logsigmoid(sign * logits).mean()
+    loss.backward()
+    named = dict(pt_model.named_parameters())
+    return loss.item(), {n: named[n].grad.numpy().copy() for n in names}
+
+
+def assert_flax_gradients_and_factors(module, params, inputs, labels, names, shift, ref_loss, ref_grads):
+    """The Flax half of `check_gradients_and_factors`, against given PyTorch results.
+
+    `losses.masked_nll` picks the binary loss itself for (batch, 1) logits and 1-D labels.
+    """
+    paths = inner_param_paths(module, params, names)
+    jinputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+    jlabels = jnp.asarray(labels)
+    loss_fn = lambda logits: losses.masked_nll(logits, jlabels, shift)
+    # Jitted: one compilation is cheaper than dispatching every op of two backward passes.
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: loss_fn(module.apply({"params": p}, **jinputs))))(params)
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+    loss_f, _, factors = jax.jit(
+        lambda p: inner_factors(module, p, paths, lambda logits, b: loss_fn(logits), jinputs)
+    )(params)
+    np.testing.assert_allclose(float(loss_f), ref_loss, rtol=1e-5)
+    for name, path in zip(names, paths):
+        g = get_path(grads, path)
+        np.testing.assert_allclose(flax_grad_in_torch_layout(module, g), ref_grads[name], atol=GRAD_ATOL)
+        x, delta = factors[path]
+        outer = jnp.einsum("...i,...o->io", x, delta)
+        assert outer.shape == g.shape
+        np.testing.assert_allclose(np.asarray(outer), np.asarray(g), atol=GRAD_ATOL)
+
+
+def check_binary_gradients_and_factors(pt_model, module, params, inputs, labels, names):
+    """Like `check_gradients_and_factors`, for a one-logit classifier with 0/1 labels."""
+    ref_loss, ref_grads = torch_binary_inner_grads(pt_model, inputs, labels, names)
+    assert_flax_gradients_and_factors(module, params, inputs, labels, names, False, ref_loss, ref_grads)

@@ -40,7 +40,8 @@ def build_module(hf_config, dtype=jnp.float32, param_dtype=None) -> nn.Module:
 
 
 def init_params(module: nn.Module, rng: jax.Array) -> Dict:
-    return module.init(rng, **dummy_inputs(family_of(module)))["params"]
+    # Jitted: one compilation is much cheaper than running every initialiser eagerly.
+    return jax.jit(lambda r: module.init(r, **dummy_inputs(family_of(module)))["params"])(rng)
 
 
 def param_shapes(module: nn.Module) -> Dict:
