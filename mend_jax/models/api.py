@@ -30,7 +30,10 @@ def read_config(directory: str):
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
     if "model_type" not in raw:
         raise CheckpointError(f"{path} has no 'model_type'")
-    family = get_family(raw["model_type"])
+    try:
+        family = get_family(raw["model_type"])
+    except ValueError as e:  # unsupported type: say which file asked for it
+        raise CheckpointError(f"{path}: {e}") from None
     return family, family.config_class.from_dict(raw)
 
 

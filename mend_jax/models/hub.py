@@ -39,6 +39,6 @@ def resolve(name_or_path: str) -> str:
         raise CheckpointError(
             f"{name_or_path!r} is not a local directory and could not be fetched from the "
             f"Hugging Face hub as {repo_id!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "Download it where there is a network (`huggingface-cli download "
+            "Download it where there is a network (`hf download "
             f"{repo_id} --local-dir DIR`) and pass DIR instead."
         ) from e
