@@ -36,3 +36,59 @@ def lm_batch(vocab, batch=2, length=8, seed=0, n_label=3):
         n = int(mask[i].sum())
         labels[i, n - n_label:n] = ids[i, n - n_label:n]
     return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask), "labels": jnp.asarray(labels)}
+
+
+def word_tokenizer(words):
+    """A GPT-2-like tokenizer (no pad token) where each word is one token."""
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    backend = Tokenizer(tok_models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+
+
+def write_gen_experiment(root, n_words=40, n_edits=(12, 6), seed=0):
+    """A random tiny GPT-2 with a tokenizer and gen data in the published layout; returns a config."""
+    import json
+    import os
+
+    from mend_jax import config_lib
+
+    rng = np.random.RandomState(seed)
+    words = [f"w{i}" for i in range(n_words)]
+    tok = word_tokenizer(words)
+    module, params = tiny_gpt2(vocab=len(tok))
+    model_dir = os.path.join(root, "model")
+    models.save_pretrained(module, params, model_dir)
+    tok.save_pretrained(model_dir)
+    for split, n in zip(("train", "valid"), n_edits):
+        completions = [" ".join(rng.choice(words, rng.randint(8, 13))) for _ in range(n)]
+        os.makedirs(os.path.join(root, "self_sample"), exist_ok=True)
+        with open(os.path.join(root, "self_sample", f"{split}.json"), "w") as f:
+            json.dump({"original": completions, "completions": completions, "n_tokens": 2}, f)
+        os.makedirs(os.path.join(root, "loc"), exist_ok=True)
+        with open(os.path.join(root, "loc", f"wiki.{split}.raw"), "w") as f:
+            f.writelines(" ".join(rng.choice(words, 55)) + "\n" for _ in range(8))
+
+    c = config_lib.base_config()
+    c.task = "gen"
+    c.model.name = model_dir
+    c.model.pad_token_fix = True
+    c.model.inner_params = list(GPT2_INNER)
+    c.data.path = os.path.join(root, "self_sample")
+    c.data.loc_path = os.path.join(root, "loc")
+    c.data.loc_pct = 100.0
+    c.data.max_length = 16
+    c.data.loc_max_length = 24
+    c.mend.rank = 8
+    c.lr = 1e-3
+    c.accumulate_bs = 2
+    c.max_iters = 6
+    c.log_interval = 2
+    c.val_interval = 3
+    c.val_steps = 4
+    c.checkpoint_interval = 2
+    c.eval_chunk = 4
+    return c

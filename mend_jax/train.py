@@ -1,0 +1,59 @@
+"""Meta-train (or evaluate) an editor.
+
+  python -m mend_jax.train --config=configs/gen.py[:ARG] [--config.KEY=VALUE ...] [--workdir=DIR]
+
+A run writes checkpoints, TensorBoard events and results.json under --workdir
+and resumes from its latest checkpoint when started again with the same one.
+"""
+import os
+import re
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/gen.py:distilgpt2.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and results.json go.")
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config) -> str:
+    model = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(config.model.name.rstrip("/")) or "model")
+    return os.path.join("runs", f"{config.task}_{config.alg}_{model}")
+
+
+def run(config, workdir: str):
+    from mend_jax import experiments
+    from mend_jax.trainer import Trainer
+
+    experiment = experiments.build(config)
+    return Trainer(config, experiment, workdir).run()
+
+
+def summary_lines(results) -> list:
+    r = results["results"]
+    lines = [
+        f"validation edits: {int(r['n_edits_evaluated_val'])}",
+        f"edit success (edit/acc_val): {r['edit/acc_val']:.3f}",
+    ]
+    if "perplexity/pre_val" in r:
+        lines.append(
+            f"perplexity pre/post: {r['perplexity/pre_val']:.3f} / {r['perplexity/post_val']:.3f} "
+            f"(drawdown {r['drawdown_val']:+.3f})"
+        )
+    lines.append(f"results: {results['results_path']}")
+    return lines
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or default_workdir(config)
+    os.makedirs(workdir, exist_ok=True)
+    print(f"workdir: {os.path.abspath(workdir)}")
+    results = run(config, workdir)
+    print("\n".join(summary_lines(results)))
+
+
+if __name__ == "__main__":
+    app.run(main)

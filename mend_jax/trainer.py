@@ -1,0 +1,245 @@
+"""Meta-training loop shared by every editor.
+
+The jitted pieces are pure functions of one train-state pytree:
+`grad_step` accumulates the gradient of one batch (skipping non-finite ones),
+`apply_step` clips and applies the accumulated gradient every `accumulate_bs`
+batches, and `evaluate` scores many single edits at once with vmap.
+"""
+import dataclasses
+import time
+from typing import Any, Callable, Dict, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from mend_jax import meta
+from mend_jax.checkpointing import BEST_METRIC, Checkpointer
+from mend_jax.data.batching import stack_batches
+from mend_jax.metric_log import MetricLog, with_suffix
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any  # trainable editor parameters
+    stats: Any  # non-trainable editor state (normalisation statistics)
+    opt_state: Any
+    grad_acc: Any  # gradient summed over the current accumulation window
+    step: jax.Array  # batches seen
+    n_skipped: jax.Array  # batches with non-finite gradients
+    rng: jax.Array
+    best_val: jax.Array  # best early-stopping metric so far
+    best_step: jax.Array
+
+
+def make_optimizer(config: ml_collections.ConfigDict, labels) -> optax.GradientTransformation:
+    """Adam at `lr` on everything, as the reference does in effect; optionally `lr_lr` on the α's."""
+    if config.edit_lrs_use_lr_lr:
+        inner = optax.multi_transform({"editor": optax.adam(config.lr), "edit_lrs": optax.adam(config.lr_lr)}, labels)
+    else:
+        inner = optax.adam(config.lr)
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), inner)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything the trainer needs from an experiment."""
+
+    editor: Any
+    target: Any
+    base_params: Any
+    train_data: Any  # .train_batch(step) -> batch
+    val_data: Any  # .eval_batch(i) -> batch, .n_eval_batches
+    drawdown: Callable[[Dict[str, float]], float]
+
+
+class Trainer:
+    def __init__(self, config: ml_collections.ConfigDict, experiment: Experiment, workdir: str):
+        self.config = config
+        self.exp = experiment
+        self.workdir = workdir
+        self.coef = meta.Coefficients(edit=config.c_edit, loc=config.c_loc)
+        self._build_functions()
+
+    # ----- pure, jitted pieces -------------------------------------------------
+    def _build_functions(self):
+        exp, coef, acc_bs = self.exp, self.coef, self.config.accumulate_bs
+
+        def loss_fn(params, stats, base_params, batch):
+            return meta.edit_and_score(exp.editor, exp.target, coef, params, stats, base_params, batch, train=True)
+
+        def grad_step(state: TrainState, base_params, batch):
+            (loss, (stats, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state.params, state.stats, base_params, batch
+            )
+            finite = _all_finite(grads) & jnp.isfinite(loss)
+            grad_acc = jax.tree_util.tree_map(
+                lambda a, g: a + jnp.where(finite, g / acc_bs, jnp.zeros_like(g)), state.grad_acc, grads
+            )
+            # Statistics poisoned by a non-finite batch would spoil every later edit.
+            stats = jax.tree_util.tree_map(lambda new, old: jnp.where(_all_finite(stats), new, old), stats, state.stats)
+            sums["grad_norm"] = optax.global_norm(grads)
+            state = state.replace(
+                stats=stats, grad_acc=grad_acc, step=state.step + 1, n_skipped=state.n_skipped + (~finite)
+            )
+            return state, sums
+
+        def apply_step(state: TrainState):
+            updates, opt_state = self.optimizer.update(state.grad_acc, state.opt_state, state.params)
+            return state.replace(
+                params=optax.apply_updates(state.params, updates),
+                opt_state=opt_state,
+                grad_acc=jax.tree_util.tree_map(jnp.zeros_like, state.grad_acc),
+            )
+
+        def eval_one(params, stats, base_params, batch):
+            _, (_, sums) = meta.edit_and_score(
+                exp.editor, exp.target, coef, params, stats, base_params, batch, train=False
+            )
+            return sums
+
+        def edit_only(params, stats, base_params, batch):
+            edited, _, _ = exp.editor.edit(params, stats, base_params, batch["edit_inner"], False)
+            return edited
+
+        self.optimizer = None  # set in init_state, once the parameter labels are known
+        self._grad_step = jax.jit(grad_step, donate_argnums=0)
+        self._apply_step = jax.jit(apply_step, donate_argnums=0)
+        self._evaluate = jax.jit(jax.vmap(eval_one, in_axes=(None, None, None, 0)))
+        self._edit_only = jax.jit(edit_only)
+
+    def init_state(self) -> TrainState:
+        rng = jax.random.PRNGKey(self.config.seed)
+        init_rng, rng = jax.random.split(rng)
+        params, stats = self.exp.editor.init(init_rng, self.exp.base_params)
+        self.optimizer = make_optimizer(self.config, self.exp.editor.param_labels(params))
+        return TrainState(
+            params=params,
+            stats=stats,
+            opt_state=self.optimizer.init(params),
+            grad_acc=jax.tree_util.tree_map(jnp.zeros_like, params),
+            step=jnp.zeros((), jnp.int32),
+            n_skipped=jnp.zeros((), jnp.int32),
+            rng=rng,
+            best_val=jnp.array(np.inf, jnp.float32),
+            best_step=jnp.zeros((), jnp.int32),
+        )
+
+    # ----- evaluation -------------------------------------------------------------
+    def evaluate(self, state: TrainState, n_edits: Optional[int] = None, progress: bool = False) -> Dict[str, float]:
+        """Scores edits 0..n-1 of the validation set, `eval_chunk` edits per vmapped call."""
+        n_total = self.exp.val_data.n_eval_batches
+        n = n_total if n_edits is None or n_edits < 0 else min(n_edits, n_total)
+        chunk = max(1, min(self.config.eval_chunk, n))
+        pieces = []
+        bar = tqdm(total=n, desc="eval", leave=False, disable=not progress)
+        start = time.perf_counter()
+        for lo in range(0, n, chunk):
+            idx = [min(i, n - 1) for i in range(lo, lo + chunk)]  # pad the last chunk to a static shape
+            batch = stack_batches([self.exp.val_data.eval_batch(i) for i in idx])
+            sums = jax.device_get(self._evaluate(state.params, state.stats, self.exp.base_params, batch))
+            keep = min(chunk, n - lo)
+            pieces.append({k: np.asarray(v)[:keep] for k, v in sums.items()})
+            bar.update(keep)
+        bar.close()
+        merged = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        metrics = meta.finalize(merged)
+        metrics["time/eval"] = time.perf_counter() - start
+        metrics["time/edit"] = self.time_edit(state)
+        metrics["drawdown"] = self.exp.drawdown(metrics)
+        metrics["n_edits_evaluated"] = n
+        return metrics
+
+    def time_edit(self, state: TrainState, repeats: int = 5) -> float:
+        """Median wall time of one jitted edit (compiled beforehand)."""
+        batch = jax.tree_util.tree_map(jnp.asarray, self.exp.val_data.eval_batch(0))
+        run = lambda: jax.block_until_ready(self._edit_only(state.params, state.stats, self.exp.base_params, batch))
+        run()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    # ----- the loop ---------------------------------------------------------------
+    def run(self) -> Dict[str, Any]:
+        cfg = self.config
+        log = MetricLog(self.workdir)
+        ckpt = Checkpointer(self.workdir, async_save=cfg.async_checkpointing)
+        state = self.init_state()
+        restored = ckpt.restore(state, "latest")
+        if restored is not None:
+            state = restored
+            print(f"resumed from step {int(state.step)} in {self.workdir}")
+        try:
+            if not cfg.eval_only:
+                state = self._train(state, ckpt, log)
+            final_state = self._final_state(state, ckpt, cfg.eval_only)
+            metrics = self.evaluate(final_state, cfg.final_eval_steps, progress=True)
+            log.scalars(int(final_state.step), with_suffix(metrics, "_val"), suffix="/final")
+            results = {
+                "results": with_suffix(metrics, "_val"),
+                "step": int(final_state.step),
+                "n_skipped_batches": int(final_state.n_skipped),
+                "config": cfg.to_dict(),
+            }
+            results["results_path"] = log.write_results(results)
+            return results
+        finally:
+            ckpt.close()
+            log.close()
+
+    def _final_state(self, state, ckpt: Checkpointer, eval_only: bool):
+        best = ckpt.restore(state, "best")
+        if best is None and eval_only and ckpt.restore(state, "latest") is None:
+            raise FileNotFoundError(
+                f"eval_only needs a trained editor, but {self.workdir}/checkpoints holds none; "
+                "pass the --workdir of a finished run"
+            )
+        return best if best is not None else state
+
+    def _train(self, state: TrainState, ckpt: Checkpointer, log: MetricLog) -> TrainState:
+        cfg = self.config
+        step = int(state.step)  # tracked on the host so the loop never waits on the device
+        bar = tqdm(total=cfg.max_iters, initial=step, desc="meta-train", dynamic_ncols=True)
+        postfix: Dict[str, str] = {}
+        recent = []
+        while step < cfg.max_iters:
+            batch = self.exp.train_data.train_batch(step)
+            state, sums = self._grad_step(state, self.exp.base_params, batch)
+            if (step + 1) % cfg.accumulate_bs == 0:
+                state = self._apply_step(state)
+            recent.append(sums)
+            if step % cfg.log_interval == 0:
+                train_metrics = {k: float(np.mean([jax.device_get(r[k]) for r in recent])) for k in recent[0]}
+                log.scalars(step, train_metrics)
+                postfix["ES(train)"] = f"{train_metrics['edit/acc']:.2f}"
+                recent = []
+            if step % cfg.val_interval == 0:
+                val = self.evaluate(state, cfg.val_steps)
+                log.scalars(step, with_suffix(val, "_val"))
+                postfix.update({"ES": f"{val['edit/acc']:.2f}", "DD": f"{val['drawdown']:.3g}"})
+                if val["loss/total_edit"] < float(state.best_val):
+                    state = state.replace(best_val=jnp.float32(val["loss/total_edit"]), best_step=jnp.int32(step))
+                    ckpt.save_best(step, state, with_suffix(val, "_val"))
+                if step - int(state.best_step) >= cfg.early_stop_patience:
+                    print(f"early stop at step {step}: no better {BEST_METRIC} since step {int(state.best_step)}")
+                    break
+            step += 1
+            if step % cfg.checkpoint_interval == 0:
+                ckpt.save_latest(step, state)
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+        bar.close()
+        ckpt.save_latest(int(state.step), state)
+        return state

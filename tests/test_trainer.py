@@ -1,0 +1,128 @@
+"""The meta-training loop: vmapped validation, resume, config errors."""
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from mend_jax import experiments
+from mend_jax.checkpointing import Checkpointer
+from mend_jax.trainer import Trainer
+from tests import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def gen_config(tmp_path_factory):
+    return tiny.write_gen_experiment(str(tmp_path_factory.mktemp("gen_exp")))
+
+
+@pytest.fixture(scope="module")
+def experiment(gen_config):
+    return experiments.build(gen_config)
+
+
+def test_vmapped_validation_equals_one_by_one(gen_config, experiment, tmp_path):
+    trainer = Trainer(gen_config, experiment, str(tmp_path))
+    state = trainer.init_state()
+    # A trained-looking editor: perturb it so edits are not the identity.
+    state = state.replace(params=jax.tree_util.tree_map(lambda x: x + 0.01, state.params))
+    batched = trainer.evaluate(state, n_edits=5)  # chunks of 4: one full, one padded
+    one_by_one = {}
+    for i in range(5):
+        batch = jax.tree_util.tree_map(lambda x: x[None], experiment.val_data.eval_batch(i))
+        sums = jax.device_get(trainer._evaluate(state.params, state.stats, experiment.base_params, batch))
+        for k, v in sums.items():
+            one_by_one.setdefault(k, []).append(np.asarray(v)[0])
+    from mend_jax import meta
+
+    expected = meta.finalize({k: np.stack(v) for k, v in one_by_one.items()})
+    for k, v in expected.items():
+        np.testing.assert_allclose(batched[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert batched["n_edits_evaluated"] == 5
+
+
+def latest_state(trainer, workdir):
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        return ckpt.restore(trainer.init_state(), "latest")
+    finally:
+        ckpt.close()
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_editor(gen_config, experiment, tmp_path, monkeypatch):
+    full_dir, killed_dir = str(tmp_path / "full"), str(tmp_path / "killed")
+    full = Trainer(gen_config, experiment, full_dir)
+    full_results = full.run()
+
+    # Kill the second run inside step 5: after the checkpoint of step 4, with an
+    # accumulation window and the best-checkpoint state in flight.
+    killed = Trainer(gen_config, experiment, killed_dir)
+    grad_step = killed._grad_step
+    calls = {"n": 0}
+
+    def dying_grad_step(state, base, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise Killed()
+        return grad_step(state, base, batch)
+
+    killed._grad_step = dying_grad_step
+    with pytest.raises(Killed):
+        killed.run()
+    resumed = Trainer(gen_config, experiment, killed_dir)
+    results = resumed.run()
+    a, b = latest_state(full, full_dir), latest_state(resumed, killed_dir)
+    assert int(a.step) == int(b.step) == gen_config.max_iters
+    chex.assert_trees_all_close(a.params, b.params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(a.stats, b.stats, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(a.opt_state, b.opt_state, rtol=1e-6, atol=1e-7)
+    assert not jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda x, y: bool(np.all(x == y)), a.params, full.init_state().params)
+    ), "training did not change the editor"
+    for r in (full_results, results):
+        assert os.path.exists(r["results_path"])
+        for key in ("edit/acc_val", "acc/pre_val", "acc/post_val", "perplexity/pre_val", "perplexity/post_val",
+                    "loss/edit_val", "loss/loc_val", "loss/total_edit_val", "time/edit_val", "edit/prob_val"):
+            assert np.isfinite(r["results"][key]), key
+    assert os.listdir(os.path.join(full_dir, "tb"))
+
+
+def run_cli(*args, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "mend_jax.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_config_typo_raises():
+    out = run_cli("--config=configs/gen.py", "--config.lrr=1e-3")
+    assert out.returncode != 0
+    assert "lrr" in out.stderr
+
+
+def test_unknown_config_argument_raises():
+    out = run_cli("--config=configs/gen.py:gpt3")
+    assert out.returncode != 0 and "unknown argument 'gpt3'" in out.stderr
+
+
+def test_missing_data_names_what_to_download(tmp_path):
+    out = run_cli("--config=configs/gen.py:distilgpt2", f"--config.data.path={tmp_path}/nowhere",
+                  f"--workdir={tmp_path}/w")
+    assert out.returncode != 0
+    assert "nowhere" in out.stderr and "configs/gen.py" in out.stderr
+
+
+def test_eval_only_without_checkpoint_raises(gen_config, experiment, tmp_path):
+    cfg = gen_config.copy_and_resolve_references()
+    cfg.eval_only = True
+    with pytest.raises(FileNotFoundError, match="eval_only"):
+        Trainer(cfg, experiment, str(tmp_path)).run()
