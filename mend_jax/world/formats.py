@@ -1,0 +1,153 @@
+"""Writes the world in the file formats of the reference's data sets.
+
+Layout under a root directory (the names the reference's loaders expect):
+
+  gen/self_sample/{train,valid}.json   edits: true sentence -> counterfactual sentence
+  gen/loc/{train,valid}.txt            locality text, one wikitext-style passage a line
+  zsre/structured_zeroshot-{train,dev}-new_annotated_final.jsonl
+  nq/{train,validation}.json
+  fever/fever-{train,dev}-kilt.jsonl
+
+Locality data (gen/loc, nq) of a split is made of the *other* split's facts, so
+it never states a fact whose subject that split edits.
+"""
+import json
+import os
+import random
+from typing import Dict, List, Sequence, Tuple
+
+from mend_jax.world.facts import Fact, World
+
+SPLITS = ("train", "valid")
+OTHER = {"train": "valid", "valid": "train"}
+GEN_SELF_SAMPLE = "gen/self_sample/{}.json"
+GEN_LOC = "gen/loc/{}.txt"
+ZSRE = "zsre/structured_zeroshot-{}-new_annotated_final.jsonl"
+NQ = "nq/{}.json"
+FEVER = "fever/fever-{}-kilt.jsonl"
+# File-name spelling of each split, per data set.
+DEV = {"train": "train", "valid": "dev"}
+NQ_SPLIT = {"train": "train", "valid": "validation"}
+
+MIN_LOC_WORDS = 50  # the reference drops wikitext passages shorter than this
+FEVER_LOGIT = 5.0  # a confident nominal logit: there is no fact-checking model to take it from
+
+
+def edit_pairs(facts: Sequence[Fact]) -> List[Tuple[str, str]]:
+    """(true sentence, counterfactual sentence) for every fact and statement template."""
+    return [
+        (true, f.statement(t, f.alternative(t)))
+        for f in facts
+        for t, true in enumerate(f.statements())
+    ]
+
+
+def loc_passages(facts: Sequence[Fact], seed: int) -> List[str]:
+    """True sentences in a shuffled order, grouped into passages of >= MIN_LOC_WORDS words."""
+    rng = random.Random(seed)
+    sentences = [s for f in facts for s in f.statements()]
+    rng.shuffle(sentences)
+    passages, current = [], []
+    for s in sentences:
+        current.append(s)
+        if _n_words(current) >= MIN_LOC_WORDS:
+            passages.append(current)
+            current = []
+    if current:  # top the tail up with repeats, so that no passage grows long
+        while _n_words(current) < MIN_LOC_WORDS:
+            current.append(rng.choice(sentences))
+        passages.append(current)
+    return [" ".join(p) for p in passages]
+
+
+def loc_split(world: World, split: str) -> List[str]:
+    """The locality passages of `split`: about the other split's subjects."""
+    return loc_passages(world.split(OTHER[split]), seed=world.config.seed + SPLITS.index(split))
+
+
+def _n_words(sentences: Sequence[str]) -> int:
+    return sum(len(s.split(" ")) for s in sentences)
+
+
+def write_gen(world: World, root: str, n_tokens: int) -> None:
+    for split in SPLITS:
+        pairs = edit_pairs(world.split(split))
+        _write_json(
+            os.path.join(root, GEN_SELF_SAMPLE.format(split)),
+            {"original": [p[0] for p in pairs], "completions": [p[1] for p in pairs], "n_tokens": n_tokens},
+        )
+        _write_text(os.path.join(root, GEN_LOC.format(split)), "".join(p + "\n" for p in loc_split(world, split)))
+
+
+def zsre_rows(facts: Sequence[Fact]) -> List[Dict]:
+    rows = []
+    for f in facts:
+        questions = f.questions()
+        for q in questions:
+            rows.append({
+                "input": q,
+                "prediction": f.object,
+                "alternatives": list(f.alternatives),
+                "filtered_rephrases": [r for r in questions if r != q],
+                "output": [{"answer": f.object}],
+            })
+    return rows
+
+
+def fever_rows(facts: Sequence[Fact]) -> List[Dict]:
+    """A true (SUPPORTS) and a false (REFUTES) claim per fact and template."""
+    rows = []
+    for f in facts:
+        for t in range(len(f.relation_spec.statements)):
+            for obj, label, other in ((f.object, "SUPPORTS", "REFUTES"), (f.alternative(t), "REFUTES", "SUPPORTS")):
+                claims = f.statements(obj)
+                rows.append({
+                    "logit": FEVER_LOGIT if label == "SUPPORTS" else -FEVER_LOGIT,
+                    "input": claims[t],
+                    "prediction": label,
+                    "alternatives": [other],
+                    "filtered_rephrases": [c for u, c in enumerate(claims) if u != t],
+                    "output": [{"answer": label}],
+                })
+    return rows
+
+
+def write_qa_and_fc(world: World, root: str) -> None:
+    for split in SPLITS:
+        facts = world.split(split)
+        _write_jsonl(os.path.join(root, ZSRE.format(DEV[split])), zsre_rows(facts))
+        _write_jsonl(os.path.join(root, FEVER.format(DEV[split])), fever_rows(facts))
+        loc = zsre_rows(world.split(OTHER[split]))
+        _write_json(
+            os.path.join(root, NQ.format(NQ_SPLIT[split])),
+            {"questions": [r["input"] for r in loc], "answers": [r["prediction"] for r in loc]},
+        )
+
+
+def all_texts(world: World) -> List[str]:
+    """Everything any data set says (so that a tokenizer can make each word one token)."""
+    texts = []
+    for f in world.facts:
+        texts += f.questions()
+        for o in (f.object,) + f.alternatives:
+            texts += f.statements(o)
+    return texts + [p for split in SPLITS for p in loc_split(world, split)]
+
+
+def write_all(world: World, root: str, n_tokens: int) -> None:
+    write_gen(world, root, n_tokens)
+    write_qa_and_fc(world, root)
+
+
+def _write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="ascii") as f:  # ascii: the world must stay pure ASCII
+        f.write(text)
+
+
+def _write_json(path: str, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def _write_jsonl(path: str, rows: Sequence[Dict]) -> None:
+    _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
