@@ -8,7 +8,7 @@ and resumes from its latest checkpoint when started again with the same one.
 import os
 import re
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/gen.py:distilgpt2.")
@@ -45,6 +45,7 @@ def summary_lines(results) -> list:
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value

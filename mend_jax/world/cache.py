@@ -20,11 +20,11 @@ from mend_jax.world.facts import World, WorldConfig, generate_world
 from mend_jax.world.pretrain import PretrainConfig, pretrain
 from mend_jax.world.tokenizer import object_token_count, train_tokenizer
 
-FORMAT_VERSION = 1  # bump whenever the files a build writes change
+FORMAT_VERSION = 2  # bump whenever the files a build writes change
 WORLD_JSON = "world.json"
 ACCURACY_MEASURE = (
     "teacher-forced argmax of every object token (' Object' and '.') after the prefix, "
-    "over all facts (train and valid) x all statement templates"
+    "over all facts (train and valid) x all statement templates, alone and in the gen edits' context"
 )
 
 
@@ -97,7 +97,7 @@ def _build(out: str, world: World, pretrain_config: PretrainConfig, progress: bo
     tok = train_tokenizer(formats.all_texts(world))
     n_tokens = object_token_count(tok, world.facts)
     formats.write_all(world, out, n_tokens)
-    result = pretrain(tok, world.facts, loc["train"] + loc["valid"], pretrain_config, progress)
+    result = pretrain(tok, formats.fact_texts(world), n_tokens, loc["train"] + loc["valid"], pretrain_config, progress)
     model_dir = os.path.join(out, "model")
     save_pretrained(result.module, result.params, model_dir)
     tok.model_max_length = pretrain_config.n_positions  # the model has no position past these

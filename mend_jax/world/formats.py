@@ -33,13 +33,41 @@ MIN_LOC_WORDS = 50  # the reference drops wikitext passages shorter than this
 FEVER_LOGIT = 5.0  # a confident nominal logit: there is no fact-checking model to take it from
 
 
-def edit_pairs(facts: Sequence[Fact]) -> List[Tuple[str, str]]:
-    """(true sentence, counterfactual sentence) for every fact and statement template."""
-    return [
-        (true, f.statement(t, f.alternative(t)))
-        for f in facts
-        for t, true in enumerate(f.statements())
-    ]
+def edit_pairs(facts: Sequence[Fact], seed: int) -> List[Tuple[str, str]]:
+    """(true text, counterfactual text) for every fact and statement template.
+
+    Each text is a short context of true sentences about other subjects, then the
+    fact's sentence. The context has at least as many words as the sentence, so the
+    reference's edit_outer, which drops up to half of the edit's tokens from the
+    front, never drops the subject being edited.
+    """
+    rng = random.Random(seed)
+    pool = [s for f in facts for s in f.statements()]
+    pairs = []
+    for f in facts:
+        for t, true in enumerate(f.statements()):
+            context = _context(rng, pool, f.subject, len(true.split(" ")))
+            pairs.append((f"{context} {true}", f"{context} {f.statement(t, f.alternative(t))}"))
+    return pairs
+
+
+def fact_texts(world: World) -> List[str]:
+    """Every true statement, alone and in its gen edit's context: what the model must know."""
+    in_context = [true for split in SPLITS for true, _ in edit_pairs(world.split(split), _gen_seed(world, split))]
+    return [s for f in world.facts for s in f.statements()] + in_context
+
+
+def _gen_seed(world: World, split: str) -> int:
+    return world.config.seed + SPLITS.index(split)
+
+
+def _context(rng: random.Random, pool: Sequence[str], subject: str, min_words: int) -> str:
+    sentences = []
+    while _n_words(sentences) < min_words:
+        s = rng.choice(pool)
+        if subject not in s.replace(".", "").replace(",", "").split(" "):
+            sentences.append(s)
+    return " ".join(sentences)
 
 
 def loc_passages(facts: Sequence[Fact], seed: int) -> List[str]:
@@ -71,7 +99,7 @@ def _n_words(sentences: Sequence[str]) -> int:
 
 def write_gen(world: World, root: str, n_tokens: int) -> None:
     for split in SPLITS:
-        pairs = edit_pairs(world.split(split))
+        pairs = edit_pairs(world.split(split), _gen_seed(world, split))
         _write_json(
             os.path.join(root, GEN_SELF_SAMPLE.format(split)),
             {"original": [p[0] for p in pairs], "completions": [p[1] for p in pairs], "n_tokens": n_tokens},

@@ -1,10 +1,9 @@
 """Pretrains a tiny GPT-2 (our Flax model) until it knows the world's facts.
 
-It trains on every true statement on its own (as the edits present them,
-starting the sequence) and on locality passages (facts in running text, which
-also trains the later positions). Fact accuracy: over every fact and every
-statement template, the teacher-forced argmax must give all of the object's
-tokens (" Object" and the final ".") after the sentence's prefix.
+It trains on every true statement, on its own and after the context the gen
+edits give it, and on locality passages (facts in running text). Fact accuracy:
+over those statements, the teacher-forced argmax must give all of the object's
+tokens (" Object" and the final ".") after the prefix.
 """
 import dataclasses
 from typing import Dict, List, Sequence, Tuple
@@ -17,8 +16,6 @@ import transformers
 from tqdm.auto import tqdm
 
 from mend_jax.models import build_module, init_params
-from mend_jax.world.facts import Fact
-from mend_jax.world.tokenizer import object_token_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +71,11 @@ def _nll(module, params, ids, mask):
 
 
 class _FactProbe:
-    """Every fact statement, padded, with where its object's tokens are."""
+    """Every text that ends in a fact's object, padded, with where the object's tokens are."""
 
-    def __init__(self, tok, facts: Sequence[Fact], pad_id: int):
-        seqs = [tok.encode(s) for f in facts for s in f.statements()]
-        self.n_target = object_token_count(tok, facts)
+    def __init__(self, tok, fact_texts: Sequence[str], n_target: int, pad_id: int):
+        seqs = [tok.encode(s) for s in fact_texts]
+        self.n_target = n_target
         self.ids, self.mask = _pad(seqs, pad_id, max(map(len, seqs)))
         self.lengths = np.array([len(s) for s in seqs])
 
@@ -94,14 +91,16 @@ class _FactProbe:
 
 def pretrain(
     tok: transformers.PreTrainedTokenizerFast,
-    facts: Sequence[Fact],
+    fact_texts: Sequence[str],
+    n_target: int,
     passages: Sequence[str],
     cfg: PretrainConfig = PretrainConfig(),
     progress: bool = True,
 ) -> PretrainResult:
+    """Trains until the last `n_target` tokens of `fact_texts` (the objects) are the argmax."""
     pad_id = tok.eos_token_id  # masked out; GPT-2 has no pad token
     module = build_module(model_config(len(tok), tok.eos_token_id, cfg))
-    probe = _FactProbe(tok, facts, pad_id)
+    probe = _FactProbe(tok, fact_texts, n_target, pad_id)
     sent_ids, sent_mask = probe.ids, probe.mask
     passage_seqs = [tok.encode(p) for p in passages]
     pass_ids, pass_mask = _pad(passage_seqs, pad_id, min(cfg.n_positions, max(map(len, passage_seqs))))
