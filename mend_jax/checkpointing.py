@@ -31,6 +31,10 @@ class Checkpointer:
         self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def save_best(self, step: int, state: Any, metrics: Dict[str, float]) -> None:
+        if step in self.best.all_steps():
+            # Left by a run killed after this save but before its next `latest`
+            # checkpoint: the resumed run recomputes the same step.
+            self.best.delete(step)
         self.best.save(step, args=ocp.args.StandardSave(state), metrics={BEST_METRIC: metrics[BEST_METRIC]}, force=True)
 
     def restore(self, abstract_state: Any, which: str = "latest") -> Optional[Any]:
