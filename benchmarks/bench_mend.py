@@ -64,7 +64,7 @@ def main():
     module = models.build_module(cfg, dtype=dtype)
     params = models.init_params(module, jax.random.PRNGKey(0))
     target = EditTarget(module, tuple(models.inner_param_paths(module, params, INNER)), tuple(INNER), True)
-    config = config_lib.base_config()
+    config = config_lib.apply_alg_defaults(config_lib.base_config())
     editor = MEND(target, params, config.mend, edit_lr=config.edit_lr)
 
     rng = np.random.default_rng(0)

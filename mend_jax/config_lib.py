@@ -1,9 +1,35 @@
 """Defaults shared by the experiment configs in `configs/`.
 
 Names and values follow the reference's hydra configs (config/*.yaml,
-config/alg/mend.yaml), so a run here can be compared with one there.
+config/alg/{mend,efk,enn,ft}.yaml), so a run here can be compared with one there.
+
+`lr`, `edit_lr` and `train_base` differ between algorithms. They start as None,
+meaning "the algorithm's default", and `apply_alg_defaults` fills them in once
+`--config.alg` is known (the editor factory and the trainer call it), so an
+explicit `--config.lr=...` always wins over the algorithm's value.
 """
 import ml_collections
+from ml_collections import config_dict
+
+# The reference's config/alg/*.yaml. FT trains nothing, so its lr is unused; its
+# edit_lr is the paper's fine-tuning rate for the small models (5e-6 for GPT-Neo/J, 1e-4 for T5).
+ALG_DEFAULTS = {
+    "mend": dict(lr=1e-6, edit_lr=1e-4, train_base=False),
+    "efk": dict(lr=1e-5, edit_lr=0.0, train_base=False),  # EFK has no edit learning rate
+    "enn": dict(lr=1e-5, edit_lr=1e-2, train_base=True),
+    "ft": dict(lr=0.0, edit_lr=1e-6, train_base=False),
+}
+# The embedded world's tiny models (`world_gen`, configs/qa.py, configs/fc.py): the same
+# algorithms with rates scaled to a small model and a run of minutes on a CPU. The tiny
+# GPT-2's gradients are small: one SGD step needs a rate near 1 to flip a fact (ENN's
+# edit_lr), and RMSprop's first step moves every weight by about 10 x edit_lr (FT).
+WORLD_ALG_DEFAULTS = {
+    "mend": dict(lr=1e-3),
+    "efk": dict(lr=1e-3),
+    "enn": dict(lr=1e-3, edit_lr=1.0),
+    "ft": dict(edit_lr=1e-3),
+}
+ALG_DEFAULT_PROFILES = {"reference": {}, "world": WORLD_ALG_DEFAULTS}
 
 
 def mend_defaults() -> ml_collections.ConfigDict:
@@ -20,6 +46,41 @@ def mend_defaults() -> ml_collections.ConfigDict:
             norm=True,
         )
     )
+
+
+def efk_defaults() -> ml_collections.ConfigDict:
+    """KnowledgeEditor (reference: algs/efk.py, OneShotLearner as built by EFK)."""
+    return ml_collections.ConfigDict(dict(cond_dim=768, lstm_hidden=512, hidden=512, max_scale=1.0))
+
+
+def enn_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(n_edit_steps=1, first_order=False))
+
+
+def ft_defaults() -> ml_collections.ConfigDict:
+    """Fine-tuning baselines: FT, and FT+KL with `locality=True` (reference: algs/ft.py)."""
+    return ml_collections.ConfigDict(
+        dict(
+            max_edit_steps=100,
+            # FT+KL: loss = locality_cedit * L_edit + KL(p_base || p_edited) on a held-out
+            # locality batch (the first training batch's), as the reference weighs them.
+            locality=False,
+            locality_cedit=1e-2,
+        )
+    )
+
+
+def apply_alg_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fills the per-algorithm fields left at None with `config.alg`'s defaults, in place."""
+    if config.alg not in ALG_DEFAULTS:
+        raise ValueError(f"alg {config.alg!r} is not implemented; available: {sorted(ALG_DEFAULTS)}")
+    if config.alg_defaults not in ALG_DEFAULT_PROFILES:
+        raise ValueError(f"alg_defaults must be one of {sorted(ALG_DEFAULT_PROFILES)}, got {config.alg_defaults!r}")
+    defaults = {**ALG_DEFAULTS[config.alg], **ALG_DEFAULT_PROFILES[config.alg_defaults].get(config.alg, {})}
+    for key, value in defaults.items():
+        if config[key] is None:
+            config[key] = value
+    return config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -45,10 +106,18 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     c.mend = mend_defaults()
+    c.efk = efk_defaults()
+    c.enn = enn_defaults()
+    c.ft = ft_defaults()
 
-    # Optimisation (reference: alg/mend.yaml, config.yaml).
-    c.lr = 1e-6
-    c.edit_lr = 1e-4
+    # Per-algorithm values: None = the algorithm's default (see apply_alg_defaults).
+    c.alg_defaults = "reference"  # or "world": rates scaled to the embedded world's tiny model
+    c.lr = config_dict.placeholder(float)  # meta-learning rate (Adam)
+    c.edit_lr = config_dict.placeholder(float)  # MEND/ENN: initial per-matrix edit lr; FT: RMSprop lr
+    c.train_base = config_dict.placeholder(bool)  # also train the base model, with c_base * KL(original || base)
+    c.no_grad_layers = config_dict.placeholder(int)  # with train_base: freeze blocks below this index
+
+    # Optimisation (reference: config.yaml).
     c.lr_lr = 1e-4
     c.edit_lrs_use_lr_lr = False  # the reference's lr_opt never steps; True applies lr_lr to the α's
     c.c_edit = 0.1
@@ -81,10 +150,10 @@ def world_gen(c: ml_collections.ConfigDict) -> None:
     c.data.source = "world"
     c.model.name = "world"
     c.model.inner_params = [f"transformer.h.{i}.mlp.{m}.weight" for i in (1, 2, 3) for m in ("c_fc", "c_proj")]
-    c.data.max_length = 24
+    c.data.max_length = 40
     c.data.loc_max_length = 96
     c.data.loc_pool = "all"
-    c.lr = 1e-4
+    c.alg_defaults = "world"
     c.accumulate_bs = 10
     c.max_iters = 3000
     c.log_interval = 50

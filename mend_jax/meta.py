@@ -18,6 +18,7 @@ LOC_MASK_KEYS = ("decoder_attention_mask", "attention_mask")
 class Coefficients(NamedTuple):
     edit: float
     loc: float
+    base: float = 0.0  # c_base, for editors that train the base model (train_base)
 
 
 def loc_mask(loc_batch: Dict[str, jax.Array]) -> jax.Array:
@@ -25,16 +26,36 @@ def loc_mask(loc_batch: Dict[str, jax.Array]) -> jax.Array:
     return next(loc_batch[k] for k in LOC_MASK_KEYS if k in loc_batch)
 
 
+def edit_inputs(batch: Dict[str, Any]) -> Dict[str, Any]:
+    """What an editor sees: `edit_inner`, plus the condition text under "cond" when the batch has one."""
+    if "cond" not in batch:
+        return batch["edit_inner"]
+    return {**batch["edit_inner"], "cond": batch["cond"]}
+
+
 def edit_and_score(editor, target: EditTarget, coef: Coefficients, params, stats, base_params, batch, train: bool):
-    """(l_total, (new_stats, sums)) for one batch; differentiable in `params`."""
-    pre_loc = jax.lax.stop_gradient(target.logits(base_params, batch["loc"]))
-    edited, stats, info = editor.edit(params, stats, base_params, batch["edit_inner"], train)
+    """(l_total, (new_stats, sums)) for one batch; differentiable in `params`.
+
+    `base_params` is the original model. An editor that trains the base model
+    edits (and is judged against) its current base, and pays
+    c_base · KL(p_original(loc) ‖ p_base(loc)) for drifting, as in the reference.
+    """
+    trains_base = hasattr(editor, "current_base")
+    base = editor.current_base(params, base_params) if trains_base else base_params
+    base_loc = target.logits(base, batch["loc"])
+    pre_loc = jax.lax.stop_gradient(base_loc)
+    edited, stats, info = editor.edit(params, stats, base_params, edit_inputs(batch), train)
     post_outer = target.logits(edited, batch["edit_outer"])
     post_loc = target.logits(edited, batch["loc"])
 
     l_edit = target.nll(post_outer, batch["edit_outer"])
     l_loc = losses.kl_loc(pre_loc, post_loc, loc_mask(batch["loc"]))
-    l_total = coef.edit * l_edit + coef.loc * l_loc
+    l_total_edit = coef.edit * l_edit + coef.loc * l_loc
+    l_total = l_total_edit
+    if trains_base:
+        original_loc = jax.lax.stop_gradient(target.logits(base_params, batch["loc"]))
+        info = {**info, "loss/base": losses.kl_loc(original_loc, base_loc, loc_mask(batch["loc"]))}
+        l_total = l_total_edit + coef.base * info["loss/base"]
 
     edit_stats = losses.token_stats(post_outer, batch["edit_outer"]["labels"], target.shift_labels)
     edit_log_prob = -edit_stats.nll.sum() / jnp.maximum(edit_stats.n_tokens.sum(), 1.0)
@@ -44,7 +65,7 @@ def edit_and_score(editor, target: EditTarget, coef: Coefficients, params, stats
         "loss/edit": l_edit,
         "loss/loc": l_loc,
         "loss/total": l_total,
-        "loss/total_edit": l_total,
+        "loss/total_edit": l_total_edit,
         "edit/acc": edit_stats.correct.mean(),
         "edit/log_prob": edit_log_prob,
         "edit/prob": jnp.exp(edit_log_prob),

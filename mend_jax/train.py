@@ -22,9 +22,10 @@ def default_workdir(config) -> str:
 
 
 def run(config, workdir: str):
-    from mend_jax import experiments
+    from mend_jax import config_lib, experiments
     from mend_jax.trainer import Trainer
 
+    config_lib.apply_alg_defaults(config)  # an unknown alg fails here, before any model is built
     experiment = experiments.build(config)
     return Trainer(config, experiment, workdir).run()
 

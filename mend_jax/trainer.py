@@ -17,15 +17,16 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from mend_jax import meta
+from mend_jax import config_lib, meta
 from mend_jax.checkpointing import BEST_METRIC, Checkpointer
 from mend_jax.data.batching import stack_batches
+from mend_jax.editors.base import needs_training
 from mend_jax.metric_log import MetricLog, with_suffix
 
 
 @flax.struct.dataclass
 class TrainState:
-    params: Any  # trainable editor parameters
+    params: Any  # trainable editor parameters (with train_base, the trained base leaves too)
     stats: Any  # non-trainable editor state (normalisation statistics)
     opt_state: Any
     grad_acc: Any  # gradient summed over the current accumulation window
@@ -37,9 +38,11 @@ class TrainState:
 
 
 def make_optimizer(config: ml_collections.ConfigDict, labels) -> optax.GradientTransformation:
-    """Adam at `lr` on everything, as the reference does in effect; optionally `lr_lr` on the α's."""
+    """Adam at `lr` on everything (editor and trained base), as the reference does in effect;
+    optionally `lr_lr` on the α's."""
     if config.edit_lrs_use_lr_lr:
-        inner = optax.multi_transform({"editor": optax.adam(config.lr), "edit_lrs": optax.adam(config.lr_lr)}, labels)
+        groups = {"editor": optax.adam(config.lr), "base": optax.adam(config.lr), "edit_lrs": optax.adam(config.lr_lr)}
+        inner = optax.multi_transform(groups, labels)
     else:
         inner = optax.adam(config.lr)
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), inner)
@@ -47,7 +50,13 @@ def make_optimizer(config: ml_collections.ConfigDict, labels) -> optax.GradientT
 
 def _all_finite(tree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves] + [jnp.array(True)]))
+
+
+def _committed(tree):
+    """Arrays committed to the device, as restored checkpoints are, so that the jitted
+    functions compile once for both (jit's cache keys on committed shardings)."""
+    return jax.device_put(tree, jax.devices()[0])
 
 
 @dataclasses.dataclass
@@ -64,10 +73,13 @@ class Experiment:
 
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, experiment: Experiment, workdir: str):
-        self.config = config
+        self.config = config_lib.apply_alg_defaults(config)
         self.exp = experiment
         self.workdir = workdir
-        self.coef = meta.Coefficients(edit=config.c_edit, loc=config.c_loc)
+        self.coef = meta.Coefficients(edit=config.c_edit, loc=config.c_loc, base=config.c_base)
+        self.trains = needs_training(experiment.editor)  # fine-tuning baselines go straight to evaluation
+        if hasattr(experiment.editor, "bind_data"):
+            experiment.editor.bind_data(experiment.train_data)
         self._build_functions()
 
     # ----- pure, jitted pieces -------------------------------------------------
@@ -108,7 +120,7 @@ class Trainer:
             return sums
 
         def edit_only(params, stats, base_params, batch):
-            edited, _, _ = exp.editor.edit(params, stats, base_params, batch["edit_inner"], False)
+            edited, _, _ = exp.editor.edit(params, stats, base_params, meta.edit_inputs(batch), False)
             return edited
 
         self.optimizer = None  # set in init_state, once the parameter labels are known
@@ -122,7 +134,7 @@ class Trainer:
         init_rng, rng = jax.random.split(rng)
         params, stats = self.exp.editor.init(init_rng, self.exp.base_params)
         self.optimizer = make_optimizer(self.config, self.exp.editor.param_labels(params))
-        return TrainState(
+        state = TrainState(
             params=params,
             stats=stats,
             opt_state=self.optimizer.init(params),
@@ -133,6 +145,7 @@ class Trainer:
             best_val=jnp.array(np.inf, jnp.float32),
             best_step=jnp.zeros((), jnp.int32),
         )
+        return _committed(state)
 
     # ----- evaluation -------------------------------------------------------------
     def evaluate(self, state: TrainState, n_edits: Optional[int] = None, progress: bool = False) -> Dict[str, float]:
@@ -182,9 +195,9 @@ class Trainer:
             state = restored
             print(f"resumed from step {int(state.step)} in {self.workdir}")
         try:
-            if not cfg.eval_only:
+            if not cfg.eval_only and self.trains:
                 state = self._train(state, ckpt, log)
-            final_state = self._final_state(state, ckpt, cfg.eval_only)
+            final_state = self._final_state(state, ckpt, cfg.eval_only and self.trains)
             metrics = self.evaluate(final_state, cfg.final_eval_steps, progress=True)
             log.scalars(int(final_state.step), with_suffix(metrics, "_val"), suffix="/final")
             results = {
@@ -208,12 +221,22 @@ class Trainer:
             )
         return best if best is not None else state
 
+    def _validate(self, state: TrainState, step: int, ckpt: Checkpointer, log: MetricLog):
+        """Validation on `val_steps` edits; keeps the best editor by `loss/total_edit_val`."""
+        val = self.evaluate(state, self.config.val_steps)
+        log.scalars(step, with_suffix(val, "_val"))
+        if val["loss/total_edit"] < float(state.best_val):
+            best = {"best_val": jnp.float32(val["loss/total_edit"]), "best_step": jnp.int32(step)}
+            state = state.replace(**_committed(best))
+            ckpt.save_best(step, state, with_suffix(val, "_val"))
+        return state, val
+
     def _train(self, state: TrainState, ckpt: Checkpointer, log: MetricLog) -> TrainState:
         cfg = self.config
-        step = int(state.step)  # tracked on the host so the loop never waits on the device
+        step = start = int(state.step)  # tracked on the host so the loop never waits on the device
         bar = tqdm(total=cfg.max_iters, initial=step, desc="meta-train", dynamic_ncols=True)
         postfix: Dict[str, str] = {}
-        recent = []
+        recent, validated, stopped = [], None, False
         while step < cfg.max_iters:
             batch = self.exp.train_data.train_batch(step)
             state, sums = self._grad_step(state, self.exp.base_params, batch)
@@ -226,14 +249,12 @@ class Trainer:
                 postfix["ES(train)"] = f"{train_metrics['edit/acc']:.2f}"
                 recent = []
             if step % cfg.val_interval == 0:
-                val = self.evaluate(state, cfg.val_steps)
-                log.scalars(step, with_suffix(val, "_val"))
+                state, val = self._validate(state, step, ckpt, log)
+                validated = step
                 postfix.update({"ES": f"{val['edit/acc']:.2f}", "DD": f"{val['drawdown']:.3g}"})
-                if val["loss/total_edit"] < float(state.best_val):
-                    state = state.replace(best_val=jnp.float32(val["loss/total_edit"]), best_step=jnp.int32(step))
-                    ckpt.save_best(step, state, with_suffix(val, "_val"))
                 if step - int(state.best_step) >= cfg.early_stop_patience:
                     print(f"early stop at step {step}: no better {BEST_METRIC} since step {int(state.best_step)}")
+                    stopped = True
                     break
             step += 1
             if step % cfg.checkpoint_interval == 0:
@@ -241,5 +262,8 @@ class Trainer:
             bar.set_postfix(postfix, refresh=False)
             bar.update(1)
         bar.close()
+        if not stopped and step > start and validated != step - 1:
+            # The reference validates only every val_interval steps; the last editor counts too.
+            state, _ = self._validate(state, step - 1, ckpt, log)
         ckpt.save_latest(int(state.step), state)
         return state

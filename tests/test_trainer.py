@@ -1,4 +1,5 @@
 """The meta-training loop: vmapped validation, resume, config errors."""
+import json
 import os
 import subprocess
 import sys
@@ -61,13 +62,14 @@ class Killed(Exception):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_editor(gen_config, experiment, tmp_path, monkeypatch):
     full_dir, killed_dir = str(tmp_path / "full"), str(tmp_path / "killed")
+    # One Trainer serves the three runs (only `workdir` differs), so it compiles once.
     full = Trainer(gen_config, experiment, full_dir)
     full_results = full.run()
 
     # Kill the second run inside step 5: after the checkpoint of step 4, with an
     # accumulation window and the best-checkpoint state in flight.
-    killed = Trainer(gen_config, experiment, killed_dir)
-    grad_step = killed._grad_step
+    full.workdir = killed_dir
+    grad_step = full._grad_step
     calls = {"n": 0}
 
     def dying_grad_step(state, base, batch):
@@ -76,12 +78,12 @@ def test_killed_run_resumes_to_the_same_editor(gen_config, experiment, tmp_path,
             raise Killed()
         return grad_step(state, base, batch)
 
-    killed._grad_step = dying_grad_step
+    monkeypatch.setattr(full, "_grad_step", dying_grad_step)
     with pytest.raises(Killed):
-        killed.run()
-    resumed = Trainer(gen_config, experiment, killed_dir)
-    results = resumed.run()
-    a, b = latest_state(full, full_dir), latest_state(resumed, killed_dir)
+        full.run()
+    monkeypatch.setattr(full, "_grad_step", grad_step)
+    results = full.run()
+    a, b = latest_state(full, full_dir), latest_state(full, killed_dir)
     assert int(a.step) == int(b.step) == gen_config.max_iters
     chex.assert_trees_all_close(a.params, b.params, rtol=1e-6, atol=1e-7)
     chex.assert_trees_all_close(a.stats, b.stats, rtol=1e-6, atol=1e-7)
@@ -126,3 +128,49 @@ def test_eval_only_without_checkpoint_raises(gen_config, experiment, tmp_path):
     cfg.eval_only = True
     with pytest.raises(FileNotFoundError, match="eval_only"):
         Trainer(cfg, experiment, str(tmp_path)).run()
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_to_the_same_editor(gen_config, experiment, tmp_path):
+    """A real SIGKILL (no cleanup, async saves possibly in flight), then the same command again."""
+    import signal
+    import time
+
+    root = os.path.dirname(gen_config.model.name)
+    cfg_file = tmp_path / "cfg.py"
+    cfg_file.write_text(
+        "from tests import tiny\n"
+        f"def get_config():\n    return tiny.write_gen_experiment({root!r})\n"
+    )
+    args = [f"--config={cfg_file}", "--config.max_iters=10", "--config.val_interval=4"]
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+    assert run_cli(*args, f"--workdir={full_dir}").returncode == 0
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, "-m", "mend_jax.train", *args, f"--workdir={killed_dir}"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed_dir / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and any(p.name.isdigit() and int(p.name) >= 4 for p in latest.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_cli(*args, f"--workdir={killed_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert "resumed from step" in resumed.stdout
+
+    evaluated = run_cli(*args, f"--workdir={full_dir}", "--config.eval_only=True")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    with open(full_dir / "results.json") as f:
+        assert json.load(f)["results"]["edit/acc_val"] == pytest.approx(
+            float(evaluated.stdout.split("edit success (edit/acc_val): ")[1].split()[0]), abs=1e-3
+        )
+
+    trainer = Trainer(gen_config, experiment, str(full_dir))
+    a, b = latest_state(trainer, str(full_dir)), latest_state(trainer, str(killed_dir))
+    assert int(a.step) == int(b.step) == 10
+    chex.assert_trees_all_close(a.params, b.params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(a.opt_state, b.opt_state, rtol=1e-6, atol=1e-7)

@@ -8,8 +8,18 @@ An editor is a pair of pure functions over pytrees:
   new base weights for the edit described by ``edit_batch``; ``stats`` is
   updated only when ``train`` is true.
 
-``param_labels(params)`` names optimiser groups ("editor" or "edit_lrs") so the
-trainer can give them different learning rates.
+``param_labels(params)`` names optimiser groups ("editor", "edit_lrs" or "base")
+so the trainer can give them different learning rates.
+
+Optional attributes: ``needs_training = False`` for editors with nothing to
+meta-train (fine-tuning), which the trainer evaluates directly;
+``current_base(params, base_params)`` for editors that train the base model too
+(see train_base.py); ``bind_data(train_data)`` for editors that need data
+outside the edit batch (FT+KL's held-out locality batch).
+
+``edit_batch`` is the batch's ``edit_inner`` plus, under the key ``"cond"``, the
+text EFK conditions on (model inputs are picked by name, so other editors never
+see it).
 """
 import dataclasses
 from typing import Any, Dict, Sequence, Tuple
@@ -52,6 +62,17 @@ def add_to_inner(params: Params, updates: Dict[Path, jax.Array]) -> Params:
     for path, delta in updates.items():
         flat[path] = flat[path] + delta.astype(flat[path].dtype)
     return traverse_util.unflatten_dict(flat)
+
+
+def replace_inner(params: Params, values: Dict[Path, jax.Array]) -> Params:
+    """params with the given leaves replaced (other leaves shared, not copied)."""
+    flat = traverse_util.flatten_dict(params)
+    flat.update(values)
+    return traverse_util.unflatten_dict(flat)
+
+
+def needs_training(editor) -> bool:
+    return getattr(editor, "needs_training", True)
 
 
 def inner_values(params: Params, paths: Sequence[Path]) -> Tuple[jax.Array, ...]:
