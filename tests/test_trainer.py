@@ -174,3 +174,29 @@ def test_sigkilled_cli_run_resumes_to_the_same_editor(gen_config, experiment, tm
     assert int(a.step) == int(b.step) == 10
     chex.assert_trees_all_close(a.params, b.params, rtol=1e-6, atol=1e-7)
     chex.assert_trees_all_close(a.opt_state, b.opt_state, rtol=1e-6, atol=1e-7)
+
+
+def test_non_finite_batch_is_skipped_and_counted(gen_config, experiment, tmp_path):
+    trainer = Trainer(gen_config, experiment, str(tmp_path))
+    state = trainer.init_state()
+    initial = jax.device_get(state)  # grad_step donates its input state
+    batch = experiment.train_data.train_batch(0)
+    poisoned = state.replace(params={**state.params, "edit_lrs": state.params["edit_lrs"].at[0].set(np.inf)})
+    after, _ = trainer._grad_step(poisoned, experiment.base_params, batch)
+    assert int(after.n_skipped) == 1 and int(after.step) == 1
+    chex.assert_trees_all_equal(after.grad_acc, jax.tree_util.tree_map(np.zeros_like, initial.grad_acc))
+    good, _ = trainer._grad_step(trainer.init_state(), experiment.base_params, batch)
+    assert int(good.n_skipped) == 0
+    assert any(float(np.abs(g).sum()) > 0 for g in jax.tree_util.tree_leaves(good.grad_acc))
+
+
+def test_early_stopping_ends_the_run(gen_config, experiment, tmp_path):
+    cfg = gen_config.copy_and_resolve_references()
+    cfg.update(dict(lr=0.0, max_iters=30, val_interval=3, early_stop_patience=3, checkpoint_interval=100))
+    trainer = Trainer(cfg, experiment, str(tmp_path))
+    results = trainer.run()
+    state = latest_state(trainer, str(tmp_path))
+    # With lr 0 only the normalisation statistics move, and validation soon stops improving.
+    assert int(state.step) < cfg.max_iters
+    assert int(state.step) - 1 - int(state.best_step) == cfg.early_stop_patience
+    assert results["step"] == int(state.best_step) + 1  # the kept editor is the best one
