@@ -14,12 +14,13 @@ from mend_jax.trainer import Experiment
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _resolve_world(config: ml_collections.ConfigDict):
-    """Points model and data at the embedded world, building it on first use."""
+def _resolve_world():
+    """(model dir, tokenizer dir, self_sample dir, (train loc, valid loc)) of the embedded world."""
     from mend_jax.world import ensure_world
 
     world = ensure_world()
-    return world.model_dir, world.model_dir, world.gen_dir
+    loc = os.path.join(world.gen_dir, "loc")
+    return world.model_dir, world.model_dir, world.gen_dir, (os.path.join(loc, "train.txt"), os.path.join(loc, "valid.txt"))
 
 
 def load_model_and_tokenizer(config: ml_collections.ConfigDict, model_dir: str, tokenizer_dir: str):
@@ -44,14 +45,17 @@ def _missing_data_hint(what: str) -> str:
     )
 
 
-def gen_datasets(config, tokenizer, data_dir: str, loc_path: str) -> Tuple[GenDataset, GenDataset]:
+def locality_files(loc_path: str) -> Tuple[str, str]:
+    """(train, valid) locality text: a wikitext-103 raw directory, or one text file for both."""
     if os.path.isdir(loc_path):
         loc_files = find_wikitext(loc_path)
-        train_loc, val_loc = loc_files["train"], loc_files["valid"]
-    elif os.path.isfile(loc_path):
-        train_loc = val_loc = loc_path
-    else:
-        raise FileNotFoundError(_missing_data_hint(f"locality text {loc_path!r} does not exist."))
+        return loc_files["train"], loc_files["valid"]
+    if os.path.isfile(loc_path):
+        return loc_path, loc_path
+    raise FileNotFoundError(_missing_data_hint(f"locality text {loc_path!r} does not exist."))
+
+
+def gen_datasets(config, tokenizer, data_dir: str, train_loc: str, val_loc: str) -> Tuple[GenDataset, GenDataset]:
     n_edits = config.data.n_edits
     common = dict(
         max_length=config.data.max_length, loc_max_length=config.data.loc_max_length,
@@ -73,13 +77,13 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     if config.batch_size <= config.data.n_edits or config.val_batch_size <= config.data.n_edits:
         raise ValueError("batch_size and val_batch_size must exceed data.n_edits (the rest is locality data)")
     if config.data.source == "world":
-        model_dir, tokenizer_dir, data_dir = _resolve_world(config)
-        loc_path = os.path.join(data_dir, "loc")
+        model_dir, tokenizer_dir, data_dir, loc_files = _resolve_world()
     elif config.data.source == "files":
         model_dir, tokenizer_dir = config.model.name, config.model.tokenizer or config.model.name
-        data_dir, loc_path = config.data.path, config.data.loc_path
+        data_dir = config.data.path
         if not os.path.isdir(data_dir):
             raise FileNotFoundError(_missing_data_hint(f"data.path {data_dir!r} does not exist."))
+        loc_files = locality_files(config.data.loc_path)
     else:
         raise ValueError(f"data.source must be 'files' or 'world', got {config.data.source!r}")
     if not config.model.inner_params:
@@ -93,7 +97,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         inner_names=inner_names,
         shift_labels=True,
     )
-    train, val = gen_datasets(config, tokenizer, data_dir, loc_path)
+    train, val = gen_datasets(config, tokenizer, data_dir, *loc_files)
     editor = editors.make_editor(config, target, params)
     return Experiment(
         editor=editor, target=target, base_params=params, train_data=train, val_data=val,
