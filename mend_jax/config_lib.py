@@ -8,6 +8,9 @@ meaning "the algorithm's default", and `apply_alg_defaults` fills them in once
 `--config.alg` is known (the editor factory and the trainer call it), so an
 explicit `--config.lr=...` always wins over the algorithm's value.
 """
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -103,6 +106,11 @@ def base_config() -> ml_collections.ConfigDict:
             loc_max_length=200,
             loc_pct=10.0,
             loc_pool="reference",
+            # "" reads the experiment's locality files; "tfds:NAME" a TensorFlow Datasets corpus
+            # (tfds:wiki40b/en for gen, tfds:natural_questions_open for qa; needs the tfds extra).
+            loc_source="",
+            tfds_data_dir="",  # e.g. gs://BUCKET/tensorflow_datasets on a TPU VM
+            tfds_max_passages=100_000,  # gen: paragraphs kept per split
         )
     )
     c.mend = mend_defaults()
@@ -132,10 +140,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_iters = 1_000_000
     c.log_interval = 100
     c.val_interval = 5000
-    c.val_steps = 500
+    c.val_steps = 500  # validation batches (each data.n_edits edits), as in the reference
     c.early_stop_patience = 20000
     c.final_eval_steps = -1  # -1: the whole validation set
-    c.eval_chunk = 50  # edits per vmapped validation call
+    c.eval_chunk = 50  # validation batches per vmapped call
     c.checkpoint_interval = 5000
     c.async_checkpointing = True
     return c
@@ -147,17 +155,40 @@ def world_gen(c: ml_collections.ConfigDict) -> None:
     The algorithm is the reference's; only the schedule and learning rate are
     scaled to a tiny model and a run of minutes on a CPU.
     """
-    c.data.source = "world"
-    c.model.name = "world"
-    c.model.inner_params = [f"transformer.h.{i}.mlp.{m}.weight" for i in (1, 2, 3) for m in ("c_fc", "c_proj")]
+    use_world_model(c, [f"transformer.h.{i}.mlp.{m}.weight" for i in (1, 2, 3) for m in ("c_fc", "c_proj")])
     c.data.max_length = 40
     c.data.loc_max_length = 96
     c.data.loc_pool = "all"
+    world_schedule(c, max_iters=3000, log_interval=50, val_interval=500, val_steps=100, early_stop_patience=2000)
+
+
+def use_world_model(c: ml_collections.ConfigDict, inner_params) -> None:
+    """Edits the embedded world's model (built and cached on first use) on the world's data."""
+    c.data.source = "world"
+    c.model.name = "world"
+    c.model.inner_params = list(inner_params)
+
+
+def world_schedule(c: ml_collections.ConfigDict, *, max_iters: int, log_interval: int, val_interval: int,
+                   val_steps: int, early_stop_patience: int) -> None:
+    """The embedded world's learning rates (alg_defaults="world") and a schedule of minutes on a CPU;
+    checkpoints are taken at each validation."""
     c.alg_defaults = "world"
     c.accumulate_bs = 10
-    c.max_iters = 3000
-    c.log_interval = 50
-    c.val_interval = 500
-    c.val_steps = 100
-    c.early_stop_patience = 2000
-    c.checkpoint_interval = 500
+    c.max_iters = max_iters
+    c.log_interval = log_interval
+    c.val_interval = val_interval
+    c.val_steps = val_steps
+    c.early_stop_patience = early_stop_patience
+    c.checkpoint_interval = val_interval
+
+
+def config_module(path: str):
+    """A config file such as configs/qa.py as a module (its get_config, model tables and helpers)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    name = "mend_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

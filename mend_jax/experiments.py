@@ -1,14 +1,19 @@
-"""Builds an `Experiment` (model, editor, data) from a config."""
+"""Builds an `Experiment` (model, editor, data) from a config, for the tasks gen, qa and fc."""
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax.numpy as jnp
 import ml_collections
 import transformers
 
 from mend_jax import editors, models
-from mend_jax.data.gen import GenDataset, find_wikitext, self_sample_path
+from mend_jax.data import tfds_source
+from mend_jax.data.fever import FeverDataset, fever_path
+from mend_jax.data.gen import GenDataset, find_wikitext, load_self_sample, self_sample_path
+from mend_jax.data.nq import QaPairs, load_nq, nq_path
+from mend_jax.data.zsre import SHIFT_LABELS, Seq2SeqEncoder, ZsreDataset, zsre_path
 from mend_jax.editors.base import EditTarget
+from mend_jax.models.bert import has_classifier
 from mend_jax.trainer import Experiment
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -36,13 +41,17 @@ def load_model_and_tokenizer(config: ml_collections.ConfigDict, model_dir: str, 
     return module, params, tokenizer
 
 
-def _missing_data_hint(what: str) -> str:
+def _missing_data_hint(what: str, task: str = "gen") -> str:
     return (
         f"{what} Download the reference's data (the Google Drive folder linked in the MEND README), "
         "unzip it under data/, or set --config.data.path / --config.data.loc_path. "
         "To run with no download at all, use the embedded default: "
-        "python -m mend_jax.train --config=configs/gen.py"
+        f"python -m mend_jax.train --config=configs/{task}.py"
     )
+
+
+def _tfds_name(config: ml_collections.ConfigDict) -> Optional[str]:
+    return tfds_source.parse_loc_source(config.data.loc_source)
 
 
 def locality_files(loc_path: str) -> Tuple[str, str]:
@@ -55,51 +64,157 @@ def locality_files(loc_path: str) -> Tuple[str, str]:
     raise FileNotFoundError(_missing_data_hint(f"locality text {loc_path!r} does not exist."))
 
 
+def _tfds_passages(config, name: str, split: str, pct: float = 100.0):
+    return tfds_source.passages(
+        name, tfds_source.tfds_split(split, pct), data_dir=config.data.tfds_data_dir or None,
+        max_passages=config.data.tfds_max_passages,
+    )
+
+
 def gen_datasets(config, tokenizer, data_dir: str, train_loc: str, val_loc: str) -> Tuple[GenDataset, GenDataset]:
+    """train_loc/val_loc are text files, or None with data.loc_source=tfds:NAME."""
     n_edits = config.data.n_edits
     common = dict(
         max_length=config.data.max_length, loc_max_length=config.data.loc_max_length,
         n_edits=n_edits, seed=config.seed, loc_pool=config.data.loc_pool,
     )
+    train_edits, val_edits = (self_sample_path(data_dir, split) for split in ("train", "valid"))
+    name = _tfds_name(config)
+    if name is not None:
+        train = GenDataset(load_self_sample(train_edits), _tfds_passages(config, name, "train", config.data.loc_pct),
+                           tokenizer, n_loc=config.batch_size - n_edits, **common)
+        val = GenDataset(load_self_sample(val_edits), _tfds_passages(config, name, "valid"), tokenizer,
+                         n_loc=config.val_batch_size - n_edits, **common)
+        return train, val
     train = GenDataset.from_files(
-        self_sample_path(data_dir, "train"), train_loc, tokenizer, pct=config.data.loc_pct,
-        n_loc=config.batch_size - n_edits, **common,
+        train_edits, train_loc, tokenizer, pct=config.data.loc_pct, n_loc=config.batch_size - n_edits, **common,
     )
-    val = GenDataset.from_files(
-        self_sample_path(data_dir, "valid"), val_loc, tokenizer, n_loc=config.val_batch_size - n_edits, **common
-    )
+    val = GenDataset.from_files(val_edits, val_loc, tokenizer, n_loc=config.val_batch_size - n_edits, **common)
     return train, val
 
 
-def build(config: ml_collections.ConfigDict) -> Experiment:
-    if config.task != "gen":
-        raise ValueError(f"task {config.task!r} is not implemented yet; available: gen")
-    if config.batch_size <= config.data.n_edits or config.val_batch_size <= config.data.n_edits:
-        raise ValueError("batch_size and val_batch_size must exceed data.n_edits (the rest is locality data)")
-    if config.data.source == "world":
-        model_dir, tokenizer_dir, data_dir, loc_files = _resolve_world()
-    elif config.data.source == "files":
-        model_dir, tokenizer_dir = config.model.name, config.model.tokenizer or config.model.name
-        data_dir = config.data.path
-        if not os.path.isdir(data_dir):
-            raise FileNotFoundError(_missing_data_hint(f"data.path {data_dir!r} does not exist."))
-        loc_files = locality_files(config.data.loc_path)
-    else:
-        raise ValueError(f"data.source must be 'files' or 'world', got {config.data.source!r}")
-    if not config.model.inner_params:
-        raise ValueError("model.inner_params is empty: name the matrices to edit, e.g. transformer.h.5.mlp.c_fc.weight")
-
-    module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
+def _target(config, module, params, shift_labels: bool) -> EditTarget:
     inner_names = tuple(config.model.inner_params)
-    target = EditTarget(
+    return EditTarget(
         module=module,
         inner_paths=tuple(models.inner_param_paths(module, params, inner_names)),
         inner_names=inner_names,
-        shift_labels=True,
+        shift_labels=shift_labels,
     )
+
+
+def _files_model(config) -> Tuple[str, str]:
+    return config.model.name, config.model.tokenizer or config.model.name
+
+
+def _require_dir(path: str, what: str, task: str) -> None:
+    if not os.path.isdir(path):
+        raise FileNotFoundError(_missing_data_hint(f"{what} {path!r} does not exist.", task))
+
+
+def _build_gen(config):
+    if config.data.source == "world":
+        model_dir, tokenizer_dir, data_dir, loc_files = _resolve_world()
+    else:
+        model_dir, tokenizer_dir = _files_model(config)
+        data_dir = config.data.path
+        _require_dir(data_dir, "data.path", "gen")
+        loc_files = (None, None) if _tfds_name(config) else locality_files(config.data.loc_path)
+    module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
+    target = _target(config, module, params, shift_labels=True)
     train, val = gen_datasets(config, tokenizer, data_dir, *loc_files)
-    editor = editors.make_editor(config, target, params)
-    return Experiment(
-        editor=editor, target=target, base_params=params, train_data=train, val_data=val,
-        drawdown=lambda m: m["perplexity/post"] - m["perplexity/pre"],
+    return target, params, train, val, lambda m: m["perplexity/post"] - m["perplexity/pre"]
+
+
+def _accuracy_drawdown(m):
+    return m["acc/pre"] - m["acc/post"]
+
+
+def qa_locality(config, nq_dir: str, split: str) -> Optional[QaPairs]:
+    """NQ pairs for this split's locality, or None for other zsRE rows.
+
+    As in the reference, NQ serves validation only, unless data.zsre_nq_train is set.
+    """
+    name = _tfds_name(config)
+    if not (config.data.zsre_nq or name) or (split == "train" and not config.data.zsre_nq_train):
+        return None
+    if name is not None:
+        return tfds_source.qa_pairs(name, tfds_source.tfds_split(split),
+                                    data_dir=config.data.tfds_data_dir or None)
+    return load_nq(nq_path(nq_dir, split))
+
+
+def _build_qa(config):
+    if config.data.source == "world":
+        from mend_jax.world.task_models import ensure_qa_world
+
+        world = ensure_qa_world()
+        model_dir = tokenizer_dir = world.model_dir
+        data_dir = nq_dir = world.data_dir
+    else:
+        model_dir, tokenizer_dir = _files_model(config)
+        data_dir, nq_dir = config.data.path, config.data.nq_path or config.data.path
+        _require_dir(data_dir, "data.path", "qa")
+    module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
+    model_type = module.config.model_type
+    if model_type not in ("t5", "bart"):
+        raise ValueError(f"the qa task edits seq2seq models (t5, bart), but {model_dir} is a {model_type!r} model")
+    style = "bart" if model_type == "bart" else "t5"
+    encoder = Seq2SeqEncoder(
+        tokenizer, style=style, max_length=config.data.max_length, target_max_length=config.data.target_max_length,
+        decoder_start_token_id=getattr(module.config, "decoder_start_token_id", None),
     )
+    common = dict(n_edits=config.data.n_edits, seed=config.seed, loc_pool=config.data.loc_pool)
+    train, val = (
+        ZsreDataset.from_files(zsre_path(data_dir, split), encoder, nq=qa_locality(config, nq_dir, split),
+                               n_loc=size - config.data.n_edits, **common)
+        for split, size in (("train", config.batch_size), ("valid", config.val_batch_size))
+    )
+    return _target(config, module, params, SHIFT_LABELS[style]), params, train, val, _accuracy_drawdown
+
+
+def _build_fc(config):
+    if _tfds_name(config):
+        raise ValueError("data.loc_source does not apply to fc: its locality examples are other FEVER claims")
+    if config.data.source == "world":
+        from mend_jax.world.task_models import ensure_fc_world
+
+        world = ensure_fc_world()
+        model_dir = tokenizer_dir = world.model_dir
+        data_dir = world.data_dir
+    else:
+        model_dir, tokenizer_dir = _files_model(config)
+        data_dir = config.data.path
+        _require_dir(data_dir, "data.path", "fc")
+    module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
+    cfg = module.config
+    if cfg.model_type != "bert" or not has_classifier(cfg) or cfg.num_labels != 1:
+        raise ValueError(
+            f"the fc task edits a BERT classifier with one logit, but {model_dir} is a {cfg.model_type!r} model"
+            + (f" with num_labels={cfg.num_labels}" if cfg.model_type == "bert" else "")
+            + "; convert the reference's FC_model.ckpt with python -m mend_jax.convert_lightning (--model-type bert)"
+        )
+    common = dict(max_length=config.data.max_length, n_edits=config.data.n_edits, seed=config.seed)
+    train, val = (
+        FeverDataset.from_files(fever_path(data_dir, split), tokenizer, n_loc=size - config.data.n_edits, **common)
+        for split, size in (("train", config.batch_size), ("valid", config.val_batch_size))
+    )
+    return _target(config, module, params, shift_labels=False), params, train, val, _accuracy_drawdown
+
+
+TASKS = {"gen": _build_gen, "qa": _build_qa, "fc": _build_fc}
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    if config.task not in TASKS:
+        raise ValueError(f"task {config.task!r} is not implemented; available: {', '.join(TASKS)}")
+    if config.batch_size <= config.data.n_edits or config.val_batch_size <= config.data.n_edits:
+        raise ValueError("batch_size and val_batch_size must exceed data.n_edits (the rest is locality data)")
+    if config.data.source not in ("files", "world"):
+        raise ValueError(f"data.source must be 'files' or 'world', got {config.data.source!r}")
+    if not config.model.inner_params:
+        raise ValueError("model.inner_params is empty: name the matrices to edit, e.g. transformer.h.5.mlp.c_fc.weight")
+    target, params, train, val, drawdown = TASKS[config.task](config)
+    editor = editors.make_editor(config, target, params)
+    return Experiment(editor=editor, target=target, base_params=params, train_data=train, val_data=val,
+                      drawdown=drawdown)

@@ -30,16 +30,18 @@ def run(config, workdir: str):
     return Trainer(config, experiment, workdir).run()
 
 
-def summary_lines(results) -> list:
+def summary_lines(results, task: str) -> list:
     r = results["results"]
     lines = [
         f"validation edits: {int(r['n_edits_evaluated_val'])}",
         f"edit success (edit/acc_val): {r['edit/acc_val']:.3f}",
     ]
-    if "perplexity/pre_val" in r:
+    # gen's drawdown is a perplexity increase; qa's and fc's an accuracy drop.
+    measure, name = ("perplexity", "perplexity") if task == "gen" else ("acc", "accuracy")
+    if f"{measure}/pre_val" in r:
         lines.append(
-            f"perplexity pre/post: {r['perplexity/pre_val']:.3f} / {r['perplexity/post_val']:.3f} "
-            f"(drawdown {r['drawdown_val']:+.3f})"
+            f"locality {name} pre/post: "
+            f"{r[f'{measure}/pre_val']:.3f} / {r[f'{measure}/post_val']:.3f} (drawdown {r['drawdown_val']:+.3f})"
         )
     lines.append(f"results: {results['results_path']}")
     return lines
@@ -54,7 +56,7 @@ def main(argv):
     os.makedirs(workdir, exist_ok=True)
     print(f"workdir: {os.path.abspath(workdir)}")
     results = run(config, workdir)
-    print("\n".join(summary_lines(results)))
+    print("\n".join(summary_lines(results, config.task)))
 
 
 if __name__ == "__main__":

@@ -148,10 +148,11 @@ class Trainer:
         return _committed(state)
 
     # ----- evaluation -------------------------------------------------------------
-    def evaluate(self, state: TrainState, n_edits: Optional[int] = None, progress: bool = False) -> Dict[str, float]:
-        """Scores edits 0..n-1 of the validation set, `eval_chunk` edits per vmapped call."""
+    def evaluate(self, state: TrainState, n_batches: Optional[int] = None, progress: bool = False) -> Dict[str, float]:
+        """Scores validation batches 0..n-1 (each `data.n_edits` edits and their locality
+        examples; all when n is None or negative), `eval_chunk` batches per vmapped call."""
         n_total = self.exp.val_data.n_eval_batches
-        n = n_total if n_edits is None or n_edits < 0 else min(n_edits, n_total)
+        n = n_total if n_batches is None or n_batches < 0 else min(n_batches, n_total)
         chunk = max(1, min(self.config.eval_chunk, n))
         pieces = []
         bar = tqdm(total=n, desc="eval", leave=False, disable=not progress)
@@ -169,7 +170,8 @@ class Trainer:
         metrics["time/eval"] = time.perf_counter() - start
         metrics["time/edit"] = self.time_edit(state)
         metrics["drawdown"] = self.exp.drawdown(metrics)
-        metrics["n_edits_evaluated"] = n
+        metrics["n_batches_evaluated"] = n
+        metrics["n_edits_evaluated"] = n * self.exp.val_data.n_edits
         return metrics
 
     def time_edit(self, state: TrainState, repeats: int = 5) -> float:

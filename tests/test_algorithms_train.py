@@ -10,9 +10,9 @@ from mend_jax import config_lib, experiments
 from mend_jax.checkpointing import Checkpointer
 from mend_jax.editors import ENN, FT, TrainableBase
 from mend_jax.trainer import Trainer
+from tests.tiny import repo_config
 from tests import tiny
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +138,7 @@ def test_enn_with_train_base_resumes_to_the_same_state(gen_config, tmp_path):
 
 
 def world_gen_config(alg):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gen_config", os.path.join(REPO, "configs", "gen.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("world")
+    c = repo_config("gen").get_config("world")
     c.alg = alg
     return c
 

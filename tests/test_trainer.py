@@ -32,7 +32,7 @@ def test_vmapped_validation_equals_one_by_one(gen_config, experiment, tmp_path):
     state = trainer.init_state()
     # A trained-looking editor: perturb it so edits are not the identity.
     state = state.replace(params=jax.tree_util.tree_map(lambda x: x + 0.01, state.params))
-    batched = trainer.evaluate(state, n_edits=5)  # chunks of 4: one full, one padded
+    batched = trainer.evaluate(state, n_batches=5)  # chunks of 4: one full, one padded
     one_by_one = {}
     for i in range(5):
         batch = jax.tree_util.tree_map(lambda x: x[None], experiment.val_data.eval_batch(i))
@@ -44,7 +44,7 @@ def test_vmapped_validation_equals_one_by_one(gen_config, experiment, tmp_path):
     expected = meta.finalize({k: np.stack(v) for k, v in one_by_one.items()})
     for k, v in expected.items():
         np.testing.assert_allclose(batched[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
-    assert batched["n_edits_evaluated"] == 5
+    assert batched["n_batches_evaluated"] == batched["n_edits_evaluated"] == 5
 
 
 def latest_state(trainer, workdir):

@@ -3,18 +3,11 @@ import pytest
 
 from mend_jax import config_lib, experiments
 from mend_jax.trainer import Trainer
+from tests.tiny import repo_config
 
 
 def gen_world_config(**overrides):
-    import importlib.util
-    import os
-
-    spec = importlib.util.spec_from_file_location(
-        "gen_config", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "gen.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = repo_config("gen").get_config()
     c.update(overrides)
     return c
 
@@ -24,7 +17,7 @@ def test_short_mend_run_raises_edit_success(default_world, tmp_path):
     cfg = gen_world_config(max_iters=400, val_interval=400, val_steps=93, final_eval_steps=93)
     config_lib.apply_alg_defaults(cfg)
     trainer = Trainer(cfg, experiments.build(cfg), str(tmp_path))
-    before = trainer.evaluate(trainer.init_state(), n_edits=93)
+    before = trainer.evaluate(trainer.init_state(), n_batches=93)
     after = trainer.run()["results"]
     assert before["edit/acc"] < 0.15, before  # the model knows the facts: counterfactuals fail before training
     assert after["edit/acc_val"] >= before["edit/acc"] + 0.25, (before["edit/acc"], after["edit/acc_val"])

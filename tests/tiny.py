@@ -1,10 +1,12 @@
 """Tiny random models for tests that need no PyTorch reference."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import transformers
 
-from mend_jax import models
+from mend_jax import config_lib, models
 from mend_jax.editors.base import EditTarget
 
 GPT2_INNER = (
@@ -82,13 +84,23 @@ def write_gen_experiment(root, n_words=40, n_edits=(12, 6), seed=0):
     c.data.loc_pct = 100.0
     c.data.max_length = 16
     c.data.loc_max_length = 24
+    return tiny_schedule(c, max_iters=6, val_interval=3, val_steps=4)
+
+
+def tiny_schedule(c, *, max_iters, val_interval, val_steps):
+    """A rank-8 MEND and a few steps: enough to exercise every part of a run."""
     c.mend.rank = 8
     c.lr = 1e-3
     c.accumulate_bs = 2
-    c.max_iters = 6
+    c.max_iters = max_iters
     c.log_interval = 2
-    c.val_interval = 3
-    c.val_steps = 4
+    c.val_interval = val_interval
+    c.val_steps = val_steps
     c.checkpoint_interval = 2
-    c.eval_chunk = 4
+    c.eval_chunk = val_steps
     return c
+
+
+def repo_config(task: str):
+    """configs/`task`.py of this checkout, as a module."""
+    return config_lib.config_module(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{task}.py"))

@@ -4,7 +4,7 @@ Every batch is a function of (seed, step) alone, so training can resume at any
 step without replaying the sampler, and jit sees the same shapes every time.
 """
 import functools
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -85,3 +85,43 @@ def shift_left(batch: Dict[str, np.ndarray], drop: int, pad_id: int) -> Dict[str
 def stack_batches(batches: List[Dict]) -> Dict:
     """Stacks same-structure batches on a new leading axis (for vmapped evaluation)."""
     return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *batches)
+
+
+class EditBatches:
+    """`train_batch(step)` / `eval_batch(i)` for a data set whose batches are `_batch(edit_idx, rng)`.
+
+    Training walks seeded permutations of the edits, `n_edits` at a time;
+    evaluation takes them in file order, so it covers the split once.
+    """
+
+    n_edits: int
+    seed: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _batch(self, edit_idx: np.ndarray, rng: np.random.Generator) -> Dict:
+        raise NotImplementedError
+
+    @property
+    def n_eval_batches(self) -> int:
+        return len(self) // self.n_edits
+
+    def train_batch(self, step: int) -> Dict:
+        return self._batch(epoch_indices(len(self), self.n_edits, self.seed, step), train_rng(self.seed, step))
+
+    def eval_batch(self, index: int) -> Dict:
+        if not 0 <= index < self.n_eval_batches:
+            raise IndexError(f"eval batch {index} out of range [0, {self.n_eval_batches})")
+        return self._batch(np.arange(index * self.n_edits, (index + 1) * self.n_edits), eval_rng(index))
+
+    def eval_batches(self, n: int = None) -> Iterator[Dict]:
+        n = self.n_eval_batches if n is None else min(n, self.n_eval_batches)
+        return (self.eval_batch(i) for i in range(n))
+
+
+def check_sizes(n_rows: int, n_edits: int, n_loc: int, source: str) -> None:
+    if not 1 <= n_edits <= n_rows:
+        raise ValueError(f"n_edits must be in [1, {n_rows}] for {source}, got {n_edits}")
+    if n_loc < 1:
+        raise ValueError(f"n_loc must be >= 1, got {n_loc}")

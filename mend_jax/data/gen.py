@@ -6,19 +6,11 @@ are wikitext-103 lines of at least 50 words, pure ASCII.
 """
 import dataclasses
 import os
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from mend_jax.data.batching import (
-    check_tokenizer,
-    epoch_indices,
-    eval_rng,
-    lm_labels,
-    pad_right,
-    shift_left,
-    train_rng,
-)
+from mend_jax.data.batching import EditBatches, check_sizes, check_tokenizer, lm_labels, pad_right, shift_left
 from mend_jax.data.io import DataFormatError, DataNotFoundError, read_json, read_lines
 from mend_jax.losses import IGNORE
 
@@ -117,7 +109,7 @@ def find_wikitext(directory: str) -> Dict[str, str]:
     return found
 
 
-class GenDataset:
+class GenDataset(EditBatches):
     """Edit and locality batches of static shapes, each a pure function of its index.
 
     Shapes: edits (n_edits, max_length), locality (n_loc, loc_max_length), int32.
@@ -146,10 +138,7 @@ class GenDataset:
         check_tokenizer(tokenizer)
         if max_length <= edits.n_tokens:
             raise ValueError(f"max_length {max_length} leaves no context before the {edits.n_tokens} edit tokens")
-        if not 1 <= n_edits <= len(edits.completions):
-            raise ValueError(f"n_edits must be in [1, {len(edits.completions)}] for {edits.source}, got {n_edits}")
-        if n_loc < 1:
-            raise ValueError(f"n_loc must be >= 1, got {n_loc}")
+        check_sizes(len(edits.completions), n_edits, n_loc, edits.source)
         if not passages:
             raise ValueError("no locality passages")
         if loc_pool not in ("reference", "all"):
@@ -179,24 +168,6 @@ class GenDataset:
 
     def __len__(self) -> int:
         return len(self.edit_tokens)
-
-    @property
-    def n_eval_batches(self) -> int:
-        return len(self) // self.n_edits
-
-    def train_batch(self, step: int) -> Dict:
-        return self._batch(epoch_indices(len(self), self.n_edits, self.seed, step), train_rng(self.seed, step))
-
-    def eval_batch(self, index: int) -> Dict:
-        """Edits index*n_edits ... in file order, so evaluation covers the split once."""
-        if not 0 <= index < self.n_eval_batches:
-            raise IndexError(f"eval batch {index} out of range [0, {self.n_eval_batches})")
-        return self._batch(np.arange(index * self.n_edits, (index + 1) * self.n_edits), eval_rng(index))
-
-    def eval_batches(self, n: int = None) -> Iterator[Dict]:
-        """The first `n` eval batches (all when n is None)."""
-        n = self.n_eval_batches if n is None else min(n, self.n_eval_batches)
-        return (self.eval_batch(i) for i in range(n))
 
     def _batch(self, edit_idx: np.ndarray, rng: np.random.Generator) -> Dict:
         loc = self._loc(rng)  # drawn first so drop_prefix does not change which passages come out

@@ -1,7 +1,7 @@
 """Public entry points: load_pretrained, save_pretrained, inner-param lookup."""
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import flax.linen as nn
 import jax

@@ -53,6 +53,17 @@ def model_config(vocab_size: int, eos_id: int, cfg: PretrainConfig) -> transform
     )
 
 
+def warmup_cosine_adamw(cfg) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping at 1, linear warmup, then cosine decay to a tenth
+    (cfg: learning_rate, warmup_steps, max_steps, weight_decay); the world's models all train with it."""
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
+         optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.max_steps - cfg.warmup_steps, 1), alpha=0.1)],
+        [cfg.warmup_steps],
+    )
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=cfg.weight_decay))
+
+
 def _pad(seqs: Sequence[List[int]], pad_id: int, length: int) -> Tuple[np.ndarray, np.ndarray]:
     ids = np.full((len(seqs), length), pad_id, np.int32)
     mask = np.zeros((len(seqs), length), np.int32)
@@ -107,12 +118,7 @@ def pretrain(
 
     rng = jax.random.PRNGKey(cfg.seed)
     params = init_params(module, rng)
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
-         optax.cosine_decay_schedule(cfg.learning_rate, max(cfg.max_steps - cfg.warmup_steps, 1), alpha=0.1)],
-        [cfg.warmup_steps],
-    )
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=cfg.weight_decay))
+    optimizer = warmup_cosine_adamw(cfg)
     opt_state = optimizer.init(params)
 
     @jax.jit
