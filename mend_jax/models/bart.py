@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import transformers
 
 from mend_jax.models import attention
-from mend_jax.models.layers import EditableDense, Embed, activation
+from mend_jax.models.layers import EditableDense, Embed, ModelPart, NumberedLayers, activation
 from mend_jax.models.registry import Family, register
 
 Dtype = Any
@@ -77,21 +77,6 @@ class BartLayer(nn.Module):
         return add_and_norm(h, x, "final_layer_norm")
 
 
-class BartLayerCollection(nn.Module):
-    config: Any
-    is_decoder: bool
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, h, self_mask, encoder_h, cross_mask, deterministic):
-        n = self.config.decoder_layers if self.is_decoder else self.config.encoder_layers
-        for i in range(n):
-            layer = BartLayer(self.config, self.is_decoder, self.dtype, self.param_dtype, name=str(i))
-            h = layer(h, self_mask, encoder_h, cross_mask, deterministic)
-        return h
-
-
 class BartStack(nn.Module):
     """Encoder or decoder: embeddings, layernorm_embedding, then the layers."""
 
@@ -111,15 +96,13 @@ class BartStack(nn.Module):
         h = self.embed_tokens(ids) * scale + embed_positions(positions)
         h = nn.LayerNorm(LAYER_NORM_EPS, **kw, name="layernorm_embedding")(h)
         h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
-        layers = BartLayerCollection(cfg, self.is_decoder, **kw, name="layers")
+        n_layers = cfg.decoder_layers if self.is_decoder else cfg.encoder_layers
+        make = lambda i, name: BartLayer(cfg, self.is_decoder, **kw, name=name)
+        layers = NumberedLayers(make, n_layers, name="layers")
         return layers(h, self_mask, encoder_h, cross_mask, deterministic)
 
 
-class BartModule(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class BartModule(ModelPart):
     def setup(self):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -137,13 +120,12 @@ class BartModule(nn.Module):
         return self.shared.attend(h)
 
 
-class BartForConditionalGeneration(nn.Module):
+class BartForConditionalGeneration(ModelPart):
     """Seq2seq LM returning decoder logits of shape (batch, decoder_len, vocab).
 
     `decoder_input_ids` must be given (no shifting of labels, no generation cache).
     """
 
-    config: Any
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import transformers
 
 from mend_jax.models import attention
-from mend_jax.models.layers import EditableDense, Embed, activation
+from mend_jax.models.layers import EditableDense, Embed, ModelPart, NumberedLayers, activation
 from mend_jax.models.registry import Family, register
 
 Dtype = Any
@@ -51,11 +51,7 @@ def _layer_norm(module: nn.Module, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(eps, dtype=module.dtype, param_dtype=module.param_dtype, name=name)
 
 
-class BertEmbeddings(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class BertEmbeddings(ModelPart):
     @nn.compact
     def __call__(self, input_ids, token_type_ids, deterministic):
         cfg = self.config
@@ -73,11 +69,7 @@ class BertEmbeddings(nn.Module):
         return nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
 
 
-class BertSelfAttention(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class BertSelfAttention(ModelPart):
     @nn.compact
     def __call__(self, h, mask, deterministic):
         cfg = self.config
@@ -90,15 +82,11 @@ class BertSelfAttention(nn.Module):
         return attention.merge_heads(out)
 
 
-class BertResidualOutput(nn.Module):
+class BertResidualOutput(ModelPart):
     """dense -> dropout -> LayerNorm(· + residual): BERT's post-LN sublayer output.
 
     Used for both `attention.output` and `output`, which have the same layout.
     """
-
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, h, residual, deterministic):
@@ -107,11 +95,7 @@ class BertResidualOutput(nn.Module):
         return _layer_norm(self, "LayerNorm")(h + residual)
 
 
-class BertAttention(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class BertAttention(ModelPart):
     @nn.compact
     def __call__(self, h, mask, deterministic):
         kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -119,21 +103,13 @@ class BertAttention(nn.Module):
         return BertResidualOutput(**kw, name="output")(out, h, deterministic)
 
 
-class BertIntermediate(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class BertIntermediate(ModelPart):
     @nn.compact
     def __call__(self, h):
         return activation(self.config.hidden_act)(_dense(self, self.config.intermediate_size, "dense")(h))
 
 
-class BertLayer(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class BertLayer(ModelPart):
     @nn.compact
     def __call__(self, h, mask, deterministic):
         kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -142,44 +118,21 @@ class BertLayer(nn.Module):
         return BertResidualOutput(**kw, name="output")(inner, h, deterministic)
 
 
-class BertLayerCollection(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class BertEncoder(ModelPart):
     @nn.compact
     def __call__(self, h, mask, deterministic):
-        for i in range(self.config.num_hidden_layers):
-            h = BertLayer(self.config, self.dtype, self.param_dtype, name=str(i))(h, mask, deterministic)
-        return h
+        make = lambda i, name: BertLayer(self.config, self.dtype, self.param_dtype, name=name)
+        return NumberedLayers(make, self.config.num_hidden_layers, name="layer")(h, mask, deterministic)
 
 
-class BertEncoder(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, h, mask, deterministic):
-        return BertLayerCollection(self.config, self.dtype, self.param_dtype, name="layer")(h, mask, deterministic)
-
-
-class BertPooler(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class BertPooler(ModelPart):
     @nn.compact
     def __call__(self, h):
         return jnp.tanh(_dense(self, self.config.hidden_size, "dense")(h[:, 0]))
 
 
-class BertModule(nn.Module):
+class BertModule(ModelPart):
     """The backbone: returns (last hidden state, pooled output)."""
-
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids, deterministic):
@@ -194,10 +147,9 @@ class BertModule(nn.Module):
         return h, BertPooler(**kw, name="pooler")(h)
 
 
-class Bert(nn.Module):
+class Bert(ModelPart):
     """BERT with the head its config asks for (see the module docstring)."""
 
-    config: Any
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 

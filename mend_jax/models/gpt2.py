@@ -11,17 +11,13 @@ import jax.numpy as jnp
 import transformers
 
 from mend_jax.models import attention
-from mend_jax.models.layers import EditableDense, Embed, activation
+from mend_jax.models.layers import EditableDense, Embed, ModelPart, NumberedLayers, activation
 from mend_jax.models.registry import Family, register
 
 Dtype = Any
 
 
-class GPT2Attention(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class GPT2Attention(ModelPart):
     @nn.compact
     def __call__(self, h, mask, deterministic):
         cfg = self.config
@@ -38,11 +34,7 @@ class GPT2Attention(nn.Module):
         return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
 
 
-class GPT2MLP(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class GPT2MLP(ModelPart):
     @nn.compact
     def __call__(self, h, deterministic):
         cfg = self.config
@@ -53,11 +45,7 @@ class GPT2MLP(nn.Module):
         return nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
 
 
-class GPT2Block(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class GPT2Block(ModelPart):
     @nn.compact
     def __call__(self, h, mask, deterministic):
         eps = self.config.layer_norm_epsilon
@@ -67,29 +55,13 @@ class GPT2Block(nn.Module):
         return h + GPT2MLP(**kw, name="mlp")(ln("ln_2")(h), deterministic)
 
 
-class GPT2BlockCollection(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, h, mask, deterministic):
-        for i in range(self.config.n_layer):
-            h = GPT2Block(self.config, self.dtype, self.param_dtype, name=str(i))(h, mask, deterministic)
-        return h
-
-
-class GPT2Transformer(nn.Module):
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
-
+class GPT2Transformer(ModelPart):
     def setup(self):
         cfg = self.config
         self.wte = Embed(cfg.vocab_size, cfg.n_embd, self.dtype, self.param_dtype)
         self.wpe = Embed(cfg.n_positions, cfg.n_embd, self.dtype, self.param_dtype)
         self.drop = nn.Dropout(cfg.embd_pdrop)
-        self.h = GPT2BlockCollection(cfg, self.dtype, self.param_dtype)
+        self.h = NumberedLayers(lambda i, name: GPT2Block(cfg, self.dtype, self.param_dtype, name=name), cfg.n_layer)
         self.ln_f = nn.LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
 
     def __call__(self, input_ids, attention_mask, deterministic):
@@ -103,10 +75,9 @@ class GPT2Transformer(nn.Module):
         return self.wte.attend(h)
 
 
-class GPT2LMHeadModel(nn.Module):
+class GPT2LMHeadModel(ModelPart):
     """Causal LM returning logits of shape (batch, seq, vocab)."""
 
-    config: Any
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 

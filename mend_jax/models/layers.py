@@ -68,6 +68,29 @@ class Embed(nn.Module):
         return jnp.einsum("...d,vd->...v", h, self.embedding.astype(self.dtype))
 
 
+class ModelPart(nn.Module):
+    """A part of a model: the Hugging Face config it is built from, the compute dtype and the
+    parameter dtype. Whole models subclass it with float32 defaults."""
+
+    config: Any
+    dtype: Dtype
+    param_dtype: Dtype
+
+
+class NumberedLayers(nn.Module):
+    """Layers named "0".."n-1", as in Hugging Face's trees (`h/<i>`, `layer/<i>`, `layers/<i>`),
+    applied in turn: `make_layer(i, name)` builds layer i, which maps (h, *args) to the next h."""
+
+    make_layer: Callable[[int, str], nn.Module]
+    n: int
+
+    @nn.compact
+    def __call__(self, h, *args):
+        for i in range(self.n):
+            h = self.make_layer(i, str(i))(h, *args)
+        return h
+
+
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
