@@ -111,6 +111,14 @@ def test_missing_answer_and_wrong_types_are_named(tmp_path):
         parse_zsre_row(row, "f, line 1")
 
 
+def test_an_empty_edit_target_is_named(tmp_path):
+    row = kf.zsre_row(0)
+    row["alternatives"] = ["n0", "  "]
+    path = kf.write_jsonl(tmp_path / "z.jsonl", [kf.zsre_row(1), row])
+    with pytest.raises(DataFormatError, match=r"z\.jsonl, line 2: 'alternatives'\[1\] is empty"):
+        load_zsre(path)
+
+
 def test_empty_split_is_an_error(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataFormatError, match="empty split"):

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mend_jax.data.batching import EditBatches, check_sizes, lm_labels, pad_right
+from mend_jax.data.io import DataFormatError
 from mend_jax.data.kilt import (
     check_tokenizer,
     condition_text,
@@ -58,6 +59,9 @@ def parse_zsre_row(obj: Dict, where: str) -> Optional[QaRow]:
     alternatives = get_strings(obj, "alternatives", where)
     rephrases = [r for r in get_strings(obj, "filtered_rephrases", where) if r != question]
     answer = get_answer(obj, where)
+    empty = next((i for i, a in enumerate(alternatives) if not a.strip()), None)
+    if empty is not None:
+        raise DataFormatError(f"{where}: 'alternatives'[{empty}] is empty; an edit needs a non-empty new answer")
     if not alternatives or not rephrases:
         return None
     return QaRow(question, prediction, tuple(alternatives), tuple(rephrases), answer)
