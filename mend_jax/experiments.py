@@ -41,10 +41,15 @@ def load_model_and_tokenizer(config: ml_collections.ConfigDict, model_dir: str, 
     return module, params, tokenizer
 
 
+# The config keys that point at each task's data.
+DATA_KEYS = {"gen": "--config.data.path / --config.data.loc_path", "qa": "--config.data.path / --config.data.nq_path",
+             "fc": "--config.data.path"}
+
+
 def _missing_data_hint(what: str, task: str = "gen") -> str:
     return (
         f"{what} Download the reference's data (the Google Drive folder linked in the MEND README), "
-        "unzip it under data/, or set --config.data.path / --config.data.loc_path. "
+        f"unzip it under data/, or set {DATA_KEYS[task]}. "
         "To run with no download at all, use the embedded default: "
         f"python -m mend_jax.train --config=configs/{task}.py"
     )
