@@ -25,13 +25,10 @@ POSITION_OFFSET = 2
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which BART uses
 
 
-class BartAttention(nn.Module):
+class BartAttention(ModelPart):
     """Self-attention when `kv` is the query input, cross-attention when it is the encoder output."""
 
-    config: Any
     n_heads: int
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, h, kv, mask, deterministic):
@@ -47,13 +44,10 @@ class BartAttention(nn.Module):
         return dense("out_proj")(attention.merge_heads(out))
 
 
-class BartLayer(nn.Module):
+class BartLayer(ModelPart):
     """Encoder layer, or decoder layer (adds cross-attention) when `is_decoder`."""
 
-    config: Any
     is_decoder: bool
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, h, self_mask, encoder_h, cross_mask, deterministic):
@@ -66,7 +60,7 @@ class BartLayer(nn.Module):
             out = nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
             return nn.LayerNorm(LAYER_NORM_EPS, **kw, name=name)(h + out)
 
-        attn = lambda name: BartAttention(cfg, heads, **kw, name=name)
+        attn = lambda name: BartAttention(config=cfg, n_heads=heads, **kw, name=name)
         h = add_and_norm(h, attn("self_attn")(h, h, self_mask, deterministic), "self_attn_layer_norm")
         if self.is_decoder:
             out = attn("encoder_attn")(h, encoder_h, cross_mask, deterministic)
@@ -77,14 +71,11 @@ class BartLayer(nn.Module):
         return add_and_norm(h, x, "final_layer_norm")
 
 
-class BartStack(nn.Module):
+class BartStack(ModelPart):
     """Encoder or decoder: embeddings, layernorm_embedding, then the layers."""
 
-    config: Any
     embed_tokens: Embed  # the shared table, owned by the parent
     is_decoder: bool
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, ids, self_mask, encoder_h=None, cross_mask=None, deterministic=True):
@@ -97,7 +88,7 @@ class BartStack(nn.Module):
         h = nn.LayerNorm(LAYER_NORM_EPS, **kw, name="layernorm_embedding")(h)
         h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
         n_layers = cfg.decoder_layers if self.is_decoder else cfg.encoder_layers
-        make = lambda i, name: BartLayer(cfg, self.is_decoder, **kw, name=name)
+        make = lambda i, name: BartLayer(config=cfg, is_decoder=self.is_decoder, **kw, name=name)
         layers = NumberedLayers(make, n_layers, name="layers")
         return layers(h, self_mask, encoder_h, cross_mask, deterministic)
 
@@ -107,8 +98,8 @@ class BartModule(ModelPart):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.shared = Embed(cfg.vocab_size, cfg.d_model, **kw)
-        self.encoder = BartStack(cfg, self.shared, is_decoder=False, **kw)
-        self.decoder = BartStack(cfg, self.shared, is_decoder=True, **kw)
+        self.encoder = BartStack(config=cfg, embed_tokens=self.shared, is_decoder=False, **kw)
+        self.decoder = BartStack(config=cfg, embed_tokens=self.shared, is_decoder=True, **kw)
 
     def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, deterministic):
         enc_mask = None if attention_mask is None else attention.padding_mask(attention_mask)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import transformers
 
 from mend_jax.models import attention
-from mend_jax.models.layers import EditableDense, Embed, activation
+from mend_jax.models.layers import EditableDense, Embed, ModelPart, activation
 from mend_jax.models.registry import Family, register
 
 Dtype = Any
@@ -67,12 +67,9 @@ class T5LayerNorm(nn.Module):
         return (weight.astype(jnp.float32) * h32).astype(self.dtype)
 
 
-class T5Attention(nn.Module):
-    config: Any
+class T5Attention(ModelPart):
     causal: bool
     has_relative_attention_bias: bool
-    dtype: Dtype
-    param_dtype: Dtype
 
     def position_bias(self, q_len, k_len):
         cfg = self.config
@@ -105,12 +102,8 @@ class T5Attention(nn.Module):
         return dense(cfg.d_model, "o")(attention.merge_heads(out)), position_bias
 
 
-class T5DenseReluDense(nn.Module):
+class T5DenseReluDense(ModelPart):
     """wi -> act -> wo (v1.0), or act(wi_0) * wi_1 -> wo (gated, v1.1)."""
-
-    config: Any
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, h, deterministic):
@@ -127,19 +120,16 @@ class T5DenseReluDense(nn.Module):
         return dense(cfg.d_model, "wo")(h)
 
 
-class T5SubLayer(nn.Module):
+class T5SubLayer(ModelPart):
     """Pre-norm residual around one of: self-attention, cross-attention, feed-forward.
 
     HF names these T5LayerSelfAttention / T5LayerCrossAttention / T5LayerFF; they
     differ only in the wrapped module's name, which `kind` selects.
     """
 
-    config: Any
     kind: str  # "SelfAttention", "EncDecAttention" or "DenseReluDense"
     causal: bool
     has_relative_attention_bias: bool
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, h, kv, mask, position_bias, deterministic):
@@ -149,19 +139,17 @@ class T5SubLayer(nn.Module):
             out = T5DenseReluDense(cfg, self.dtype, self.param_dtype, name=self.kind)(normed, deterministic)
         else:
             out, position_bias = T5Attention(
-                cfg, self.causal, self.has_relative_attention_bias, self.dtype, self.param_dtype, name=self.kind
+                config=cfg, dtype=self.dtype, param_dtype=self.param_dtype, causal=self.causal,
+                has_relative_attention_bias=self.has_relative_attention_bias, name=self.kind,
             )(normed, kv, mask, position_bias, deterministic)
         return h + nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic), position_bias
 
 
-class T5Block(nn.Module):
+class T5Block(ModelPart):
     """Sub-layers named "0", "1"(, "2"), as HF's FlaxT5Block."""
 
-    config: Any
     causal: bool
     has_relative_attention_bias: bool
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, h, mask, position_bias, encoder_h, encoder_mask, deterministic):
@@ -180,68 +168,64 @@ class T5Block(nn.Module):
         return h, position_bias
 
 
-class T5LayerCollection(nn.Module):
+class T5LayerCollection(ModelPart):
     """Only adds the ``layer`` level of HF's tree: block/<i>/layer/<j>."""
 
-    config: Any
     causal: bool
     has_relative_attention_bias: bool
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, *args):
         return T5Block(
-            self.config, self.causal, self.has_relative_attention_bias, self.dtype, self.param_dtype, name="layer"
+            config=self.config, dtype=self.dtype, param_dtype=self.param_dtype, causal=self.causal,
+            has_relative_attention_bias=self.has_relative_attention_bias, name="layer",
         )(*args)
 
 
-class T5BlockCollection(nn.Module):
-    config: Any
+class T5BlockCollection(ModelPart):
     causal: bool
     num_layers: int
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, h, mask, encoder_h, encoder_mask, deterministic):
         position_bias = None  # computed by layer 0, then shared by all layers
         for i in range(self.num_layers):
             h, position_bias = T5LayerCollection(
-                self.config, self.causal, i == 0, self.dtype, self.param_dtype, name=str(i)
+                config=self.config, dtype=self.dtype, param_dtype=self.param_dtype, causal=self.causal,
+                has_relative_attention_bias=i == 0, name=str(i),
             )(h, mask, position_bias, encoder_h, encoder_mask, deterministic)
         return h
 
 
-class T5Stack(nn.Module):
+class T5Stack(ModelPart):
     """Encoder (causal=False) or decoder (causal=True) over already embedded tokens."""
 
-    config: Any
     causal: bool
     num_layers: int
-    dtype: Dtype
-    param_dtype: Dtype
 
     @nn.compact
     def __call__(self, h, mask, encoder_h, encoder_mask, deterministic):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         h = drop(h, deterministic=deterministic)
-        h = T5BlockCollection(cfg, self.causal, self.num_layers, self.dtype, self.param_dtype, name="block")(
+        blocks = T5BlockCollection(
+            config=cfg, dtype=self.dtype, param_dtype=self.param_dtype, causal=self.causal, num_layers=self.num_layers,
+            name="block",
+        )
+        h = blocks(
             h, mask, encoder_h, encoder_mask, deterministic
         )
         h = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon, self.dtype, self.param_dtype, name="final_layer_norm")(h)
         return drop(h, deterministic=deterministic)
 
 
-class T5ForConditionalGeneration(nn.Module):
+class T5ForConditionalGeneration(ModelPart):
     """Seq2seq LM returning decoder logits of shape (batch, decoder_len, vocab).
 
     The decoder inputs are given explicitly (already shifted right, starting with
     `decoder_start_token_id`); there is no generation cache.
     """
 
-    config: Any
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
