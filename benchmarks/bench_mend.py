@@ -1,12 +1,15 @@
-"""MEND speed and memory on a distilgpt2-shaped model with random weights.
+"""MEND speed and memory on the paper's model shapes, with random weights.
 
-  python benchmarks/bench_mend.py [--steps 10] [--edit_tokens 30] [--loc_tokens 200]
+  python benchmarks/bench_mend.py [--model distilgpt2] [--steps 10] [--dtype float32]
+  python benchmarks/bench_mend.py --model t5-small     # also bart-base, bert-base
 
-Batch shapes follow the reference: 1 edit of about 30 tokens plus 1 locality
-passage of 200 tokens. Prints a table: median meta-training step time (one
-batch's gradient plus the optimizer update), median edit time, the ratio of an
-edit to one forward+backward of the base model on the same edit batch, and
-peak memory (device memory where the backend reports it, else process RSS).
+Models and inner params are those of configs/gen.py:distilgpt2, configs/qa.py:t5-small
+and :bart-base, and configs/fc.py:bert-base. Batch shapes follow the reference: 1 edit
+plus 1 locality example (gen: an edit of 30 tokens and a passage of 200; qa: questions
+of 32 tokens and answers of 8; fc: claims of 32 tokens). Prints a table: median
+meta-training step time (one batch's gradient plus the optimizer update), median edit
+time, the ratio of an edit to one forward+backward of the base model on the same edit
+batch, and peak memory (device memory where the backend reports it, else process RSS).
 """
 import argparse
 import resource
@@ -18,20 +21,47 @@ import jax.numpy as jnp
 import numpy as np
 import transformers
 
+import common
 from mend_jax import config_lib, models
 from mend_jax.editors.base import EditTarget
 from mend_jax.editors.mend import MEND
 from mend_jax.trainer import Experiment, Trainer
 
-INNER = [f"transformer.h.{i}.mlp.{m}.weight" for i in (3, 4, 5) for m in ("c_fc", "c_proj")]
 
-
-def lm_batch(rng, n, length, n_label):
-    ids = rng.integers(0, 50257, (n, length)).astype(np.int32)
-    mask = np.ones_like(ids)
+def lm_batch(rng, vocab, length, n_label):
+    ids = rng.integers(0, vocab, (1, length)).astype(np.int32)
     labels = np.full_like(ids, -100)
     labels[:, length - n_label:] = ids[:, length - n_label:]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels}
+
+
+def seq2seq_batch(rng, vocab, length, answer_length):
+    ids = rng.integers(0, vocab, (1, length)).astype(np.int32)
+    answer = rng.integers(0, vocab, (1, answer_length)).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "decoder_input_ids": answer,
+            "decoder_attention_mask": np.ones_like(answer), "labels": answer}
+
+
+def claim_batch(rng, vocab, length, _):
+    ids = rng.integers(0, vocab, (1, length)).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": rng.integers(0, 2, (1,)).astype(np.int32)}
+
+
+# name: (HF config, (experiment, config argument) naming the inner params, batch builder,
+#        (edit length, edit labels), (locality length, locality labels), loss shifts labels)
+MODELS = {
+    "distilgpt2": (lambda: transformers.GPT2Config(vocab_size=50258, n_layer=6, n_embd=768, n_head=12),
+                   ("gen", "distilgpt2"), lm_batch, (30, 10), (200, 199), True),
+    "t5-small": (lambda: transformers.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8,
+                                               num_heads=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+                 ("qa", "t5-small"), seq2seq_batch, (32, 8), (32, 8), False),
+    "bart-base": (lambda: transformers.BartConfig(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+                                                  encoder_attention_heads=12, decoder_attention_heads=12,
+                                                  encoder_ffn_dim=3072, decoder_ffn_dim=3072),
+                  ("qa", "bart-base"), seq2seq_batch, (32, 8), (32, 8), True),
+    "bert-base": (lambda: transformers.BertConfig(num_labels=1, architectures=["BertForSequenceClassification"]),
+                  ("fc", "bert-base"), claim_batch, (32, None), (32, None), False),
+}
 
 
 def timed(fn, steps):
@@ -53,23 +83,24 @@ def peak_memory_mb():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="distilgpt2", choices=sorted(MODELS))
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--edit_tokens", type=int, default=30)
-    ap.add_argument("--loc_tokens", type=int, default=200)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
 
-    cfg = transformers.GPT2Config(vocab_size=50258, n_layer=6, n_embd=768, n_head=12, n_positions=1024)
+    make_config, (experiment, arg), make_batch, edit_shape, loc_shape, shift = MODELS[args.model]
+    hf_config = make_config()
+    inner = list(common.load_config(experiment, arg).model.inner_params)
     dtype = jnp.float32 if args.dtype == "float32" else jnp.bfloat16
-    module = models.build_module(cfg, dtype=dtype)
+    module = models.build_module(hf_config, dtype=dtype)
     params = models.init_params(module, jax.random.PRNGKey(0))
-    target = EditTarget(module, tuple(models.inner_param_paths(module, params, INNER)), tuple(INNER), True)
+    target = EditTarget(module, tuple(models.inner_param_paths(module, params, inner)), tuple(inner), shift)
     config = config_lib.apply_alg_defaults(config_lib.base_config())
     editor = MEND(target, params, config.mend, edit_lr=config.edit_lr)
 
     rng = np.random.default_rng(0)
-    edit = lm_batch(rng, 1, args.edit_tokens, 10)
-    batch = {"edit_inner": edit, "edit_outer": edit, "loc": lm_batch(rng, 1, args.loc_tokens, args.loc_tokens - 1)}
+    edit = make_batch(rng, hf_config.vocab_size, *edit_shape)
+    batch = {"edit_inner": edit, "edit_outer": edit, "loc": make_batch(rng, hf_config.vocab_size, *loc_shape)}
     data = type("OneBatch", (), {"train_batch": lambda self, step: batch, "eval_batch": lambda self, i: batch,
                                  "n_eval_batches": 1})()
     trainer = Trainer(config, Experiment(editor, target, params, data, data, lambda m: 0.0), workdir="/tmp/bench_mend")
@@ -94,7 +125,7 @@ def main():
         ("edit / base fwd+bwd", f"{edit_time / base_time:.2f}x  (fwd+bwd {base_time * 1e3:.1f} ms)"),
         (f"peak memory ({mem_kind})", f"{mem:.0f} MiB"),
     ]
-    print(f"MEND on distilgpt2 shapes, {args.dtype}, edit {args.edit_tokens} tok + loc {args.loc_tokens} tok, {device}")
+    print(f"MEND on {args.model} shapes, {args.dtype}, 1 edit + 1 locality example, {device}")
     width = max(len(r[0]) for r in rows)
     print(f"| {'metric'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
     for name, value in rows:
