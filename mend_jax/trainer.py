@@ -224,7 +224,7 @@ class Trainer:
         return best if best is not None else state
 
     def _validate(self, state: TrainState, step: int, ckpt: Checkpointer, log: MetricLog):
-        """Validation on `val_steps` edits; keeps the best editor by `loss/total_edit_val`."""
+        """Validation on `val_steps` batches; keeps the best editor by `loss/total_edit_val`."""
         val = self.evaluate(state, self.config.val_steps)
         log.scalars(step, with_suffix(val, "_val"))
         if val["loss/total_edit"] < float(state.best_val):
