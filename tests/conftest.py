@@ -13,3 +13,12 @@ def default_world():
     from mend_jax.world import ensure_world
 
     return ensure_world(progress=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """(module, params, EditTarget) of the tiny random GPT-2 the editor unit tests edit."""
+    from tests import tiny
+
+    module, params = tiny.tiny_gpt2()
+    return module, params, tiny.gpt2_target(module, params)

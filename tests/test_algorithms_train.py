@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 
 from mend_jax import config_lib, experiments
-from mend_jax.checkpointing import Checkpointer
 from mend_jax.editors import ENN, FT, TrainableBase
 from mend_jax.trainer import Trainer
-from tests.tiny import repo_config
 from tests import tiny
 
 
@@ -50,14 +48,6 @@ def test_algorithm_defaults_come_with_alg_and_explicit_values_win():
         config_lib.apply_alg_defaults(c)
 
 
-def latest_state(trainer, workdir):
-    ckpt = Checkpointer(workdir, async_save=False)
-    try:
-        return ckpt.restore(trainer.init_state(), "latest")
-    finally:
-        ckpt.close()
-
-
 def changed(a, b) -> bool:
     return not jax.tree_util.tree_all(jax.tree_util.tree_map(lambda x, y: bool(np.all(x == y)), a, b))
 
@@ -72,7 +62,7 @@ def test_meta_trained_algorithms_train_then_evaluate(gen_config, tmp_path, alg):
     for key in ("edit/acc_val", "perplexity/pre_val", "perplexity/post_val", "loss/total_edit_val", "time/edit_val"):
         assert np.isfinite(r[key]), key
     assert results["step"] <= config.max_iters and os.path.exists(results["results_path"])
-    state = latest_state(trainer, str(tmp_path))
+    state = tiny.latest_state(trainer, str(tmp_path))
     assert int(state.step) == config.max_iters
     assert changed(state.params, trainer.init_state().params), "training did not change the editor"
     if alg == "enn":  # trains the base by default, with c_base's KL
@@ -129,7 +119,7 @@ def test_enn_with_train_base_resumes_to_the_same_state(gen_config, tmp_path):
         killed.run()
     resumed = Trainer(config, experiment, killed_dir)
     resumed.run()
-    a, b = latest_state(full, full_dir), latest_state(resumed, killed_dir)
+    a, b = tiny.latest_state(full, full_dir), tiny.latest_state(resumed, killed_dir)
     assert int(a.step) == int(b.step) == config.max_iters
     assert sorted(a.params["base"]["transformer"]["h"]) == ["1", "2"]  # no_grad_layers=1 froze block 0
     chex.assert_trees_all_close(a.params, b.params, rtol=1e-6, atol=1e-7)
@@ -138,7 +128,7 @@ def test_enn_with_train_base_resumes_to_the_same_state(gen_config, tmp_path):
 
 
 def world_gen_config(alg):
-    c = repo_config("gen").get_config("world")
+    c = tiny.repo_config("gen").get_config("world")
     c.alg = alg
     return c
 
@@ -153,5 +143,5 @@ def test_every_algorithm_runs_on_the_embedded_world(default_world, tmp_path, alg
     results = trainer.run()
     assert (results["step"] == 0) == (alg == "ft")  # the kept editor's step; FT trains nothing
     if alg != "ft":
-        assert int(latest_state(trainer, str(tmp_path)).step) == 2
+        assert int(tiny.latest_state(trainer, str(tmp_path)).step) == 2
     assert np.isfinite(results["results"]["edit/acc_val"]) and np.isfinite(results["results"]["drawdown_val"])

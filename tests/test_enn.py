@@ -49,12 +49,6 @@ def meta_batch(seed=0):
             "loc": tiny.lm_batch(61, batch=2, length=8, seed=seed + 2, n_label=7)}
 
 
-@pytest.fixture(scope="module")
-def model():
-    module, params = tiny.tiny_gpt2()
-    return module, params, tiny.gpt2_target(module, params)
-
-
 def test_one_step_is_sgd_with_per_matrix_lrs(model):
     module, params, target = model
     editor = ENN(target, params, enn_cfg(), edit_lr=1e-2)

@@ -16,12 +16,6 @@ def ft_cfg(**overrides):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def model():
-    module, params = tiny.tiny_gpt2()
-    return module, params, tiny.gpt2_target(module, params)
-
-
 def run_edit(editor, params, batch):
     edited, _, info = jax.jit(editor.edit, static_argnames="train")({}, {}, params, batch, train=False)
     return edited, int(info["edit/n_steps"])

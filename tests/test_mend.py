@@ -21,12 +21,6 @@ def mend_cfg(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
-@pytest.fixture(scope="module")
-def model():
-    module, params = tiny.tiny_gpt2()
-    return module, params, tiny.gpt2_target(module, params)
-
-
 def jit_edit(editor):
     return jax.jit(editor.edit, static_argnames="train")
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from mend_jax import experiments
-from mend_jax.checkpointing import Checkpointer
 from mend_jax.trainer import Trainer
 from tests import tiny
 
@@ -47,14 +46,6 @@ def test_vmapped_validation_equals_one_by_one(gen_config, experiment, tmp_path):
     assert batched["n_batches_evaluated"] == batched["n_edits_evaluated"] == 5
 
 
-def latest_state(trainer, workdir):
-    ckpt = Checkpointer(workdir, async_save=False)
-    try:
-        return ckpt.restore(trainer.init_state(), "latest")
-    finally:
-        ckpt.close()
-
-
 class Killed(Exception):
     pass
 
@@ -83,7 +74,7 @@ def test_killed_run_resumes_to_the_same_editor(gen_config, experiment, tmp_path,
         full.run()
     monkeypatch.setattr(full, "_grad_step", grad_step)
     results = full.run()
-    a, b = latest_state(full, full_dir), latest_state(full, killed_dir)
+    a, b = tiny.latest_state(full, full_dir), tiny.latest_state(full, killed_dir)
     assert int(a.step) == int(b.step) == gen_config.max_iters
     chex.assert_trees_all_close(a.params, b.params, rtol=1e-6, atol=1e-7)
     chex.assert_trees_all_close(a.stats, b.stats, rtol=1e-6, atol=1e-7)
@@ -170,7 +161,7 @@ def test_sigkilled_cli_run_resumes_to_the_same_editor(gen_config, experiment, tm
         )
 
     trainer = Trainer(gen_config, experiment, str(full_dir))
-    a, b = latest_state(trainer, str(full_dir)), latest_state(trainer, str(killed_dir))
+    a, b = tiny.latest_state(trainer, str(full_dir)), tiny.latest_state(trainer, str(killed_dir))
     assert int(a.step) == int(b.step) == 10
     chex.assert_trees_all_close(a.params, b.params, rtol=1e-6, atol=1e-7)
     chex.assert_trees_all_close(a.opt_state, b.opt_state, rtol=1e-6, atol=1e-7)
@@ -195,7 +186,7 @@ def test_early_stopping_ends_the_run(gen_config, experiment, tmp_path):
     cfg.update(dict(lr=0.0, max_iters=30, val_interval=3, early_stop_patience=3, checkpoint_interval=100))
     trainer = Trainer(cfg, experiment, str(tmp_path))
     results = trainer.run()
-    state = latest_state(trainer, str(tmp_path))
+    state = tiny.latest_state(trainer, str(tmp_path))
     # With lr 0 only the normalisation statistics move, and validation soon stops improving.
     assert int(state.step) < cfg.max_iters
     assert int(state.step) - 1 - int(state.best_step) == cfg.early_stop_patience

@@ -7,6 +7,7 @@ import numpy as np
 import transformers
 
 from mend_jax import config_lib, models
+from mend_jax.checkpointing import Checkpointer
 from mend_jax.editors.base import EditTarget
 
 GPT2_INNER = (
@@ -104,3 +105,12 @@ def tiny_schedule(c, *, max_iters, val_interval, val_steps):
 def repo_config(task: str):
     """configs/`task`.py of this checkout, as a module."""
     return config_lib.config_module(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", f"{task}.py"))
+
+
+def latest_state(trainer, workdir):
+    """The train state of `workdir`'s latest checkpoint."""
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        return ckpt.restore(trainer.init_state(), "latest")
+    finally:
+        ckpt.close()
