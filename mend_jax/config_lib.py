@@ -3,10 +3,11 @@
 Names and values follow the reference's hydra configs (config/*.yaml,
 config/alg/{mend,efk,enn,ft}.yaml), so a run here can be compared with one there.
 
-`lr`, `edit_lr` and `train_base` differ between algorithms. They start as None,
-meaning "the algorithm's default", and `apply_alg_defaults` fills them in once
-`--config.alg` is known (the editor factory and the trainer call it), so an
-explicit `--config.lr=...` always wins over the algorithm's value.
+`lr`, `edit_lr`, `train_base`, `lr_lr` and `edit_lrs_use_lr_lr` differ between
+algorithms. They start as None, meaning "the algorithm's default", and
+`apply_alg_defaults` fills them in once `--config.alg` is known (the editor
+factory and the trainer call it), so an explicit `--config.lr=...` always wins
+over the algorithm's value.
 """
 import importlib.util
 import os
@@ -14,20 +15,26 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-# The reference's config/alg/*.yaml. FT trains nothing, so its lr is unused; its
-# edit_lr is the paper's fine-tuning rate for the small models (5e-6 for GPT-Neo/J, 1e-4 for T5).
+# The reference's config/alg/*.yaml. FT trains nothing, so its lr is unused; its edit_lr is
+# config/alg/ft.yaml's 5e-6.
+# lr_lr is the reference's rate for the α's, which its second optimiser never applies
+# (edit_lrs_use_lr_lr=False trains them at lr with everything else, as the reference does).
 ALG_DEFAULTS = {
-    "mend": dict(lr=1e-6, edit_lr=1e-4, train_base=False),
-    "efk": dict(lr=1e-5, edit_lr=0.0, train_base=False),  # EFK has no edit learning rate
-    "enn": dict(lr=1e-5, edit_lr=1e-2, train_base=True),
-    "ft": dict(lr=0.0, edit_lr=1e-6, train_base=False),
+    "mend": dict(lr=1e-6, edit_lr=1e-4, train_base=False, lr_lr=1e-4, edit_lrs_use_lr_lr=False),
+    "efk": dict(lr=1e-5, edit_lr=0.0, train_base=False, lr_lr=1e-4, edit_lrs_use_lr_lr=False),  # no α's
+    "enn": dict(lr=1e-5, edit_lr=1e-2, train_base=True, lr_lr=1e-4, edit_lrs_use_lr_lr=False),
+    "ft": dict(lr=0.0, edit_lr=5e-6, train_base=False, lr_lr=1e-4, edit_lrs_use_lr_lr=False),
 }
 # The embedded world's tiny models (`world_gen`, configs/qa.py, configs/fc.py): the same
 # algorithms with rates scaled to a small model and a run of minutes on a CPU. The tiny
 # GPT-2's gradients are small: one SGD step needs a rate near 1 to flip a fact (ENN's
 # edit_lr), and RMSprop's first step moves every weight by about 10 x edit_lr (FT).
+# MEND trains its α's at lr_lr and its network at lr (benchmarks/world_sweep.py, README):
+# with one rate, the α's need ~1e-3 to grow from 1e-4 within a few hundred updates, while the
+# identity-initialised network overfits or diverges above ~3e-5. lr_lr 3e-4 had the lowest
+# validation loss/total_edit of {3e-4, 1e-3, 3e-3} on gen, and of {3e-4, 1e-3} on qa and fc.
 WORLD_ALG_DEFAULTS = {
-    "mend": dict(lr=1e-3),
+    "mend": dict(lr=1e-5, lr_lr=3e-4, edit_lrs_use_lr_lr=True),
     "efk": dict(lr=1e-3),
     "enn": dict(lr=1e-3, edit_lr=1.0),
     "ft": dict(edit_lr=1e-3),
@@ -65,10 +72,15 @@ def ft_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
             max_edit_steps=100,
-            # FT+KL: loss = locality_cedit * L_edit + KL(p_base || p_edited) on a held-out
-            # locality batch (the first training batch's), as the reference weighs them.
+            # FT+KL: loss = locality_cedit * L_edit + KL(p_base || p_edited) on training-split
+            # locality data, as the reference weighs them (config/alg/ft.yaml: ft.locality.*).
             locality=False,
             locality_cedit=1e-2,
+            # True: a fresh locality batch at every inner step (the reference's loc_sampler);
+            # False: one fixed batch for every step of every edit.
+            locality_oracle=True,
+            locality_batch_size=1,
+            locality_pool_size=1000,  # batches the fresh draws come from
         )
     )
 
@@ -103,7 +115,11 @@ def base_config() -> ml_collections.ConfigDict:
             loc_path="",
             n_edits=1,
             max_length=200,
-            loc_max_length=200,
+            # gen's locality passages: cut at loc_max_length tokens; -1 (the reference, which does
+            # not cut wikitext passages) cuts only at the model's position table. Batches are padded
+            # to the smallest of loc_length_buckets that holds them (a few static shapes).
+            loc_max_length=-1,
+            loc_length_buckets=[128, 256, 512],
             loc_pct=10.0,
             loc_pool="reference",
             # "" reads the experiment's locality files; "tfds:NAME" a TensorFlow Datasets corpus
@@ -123,14 +139,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr = config_dict.placeholder(float)  # meta-learning rate (Adam)
     c.edit_lr = config_dict.placeholder(float)  # MEND/ENN: initial per-matrix edit lr; FT: RMSprop lr
     c.train_base = config_dict.placeholder(bool)  # also train the base model, with c_base * KL(original || base)
+    c.lr_lr = config_dict.placeholder(float)  # the α's rate, applied only with edit_lrs_use_lr_lr
+    c.edit_lrs_use_lr_lr = config_dict.placeholder(bool)  # True: Adam at lr_lr on the α's (the paper's intent)
     c.no_grad_layers = config_dict.placeholder(int)  # with train_base: freeze blocks below this index
 
     # Optimisation (reference: config.yaml).
-    c.lr_lr = 1e-4
-    c.edit_lrs_use_lr_lr = False  # the reference's lr_opt never steps; True applies lr_lr to the α's
     c.c_edit = 0.1
     c.c_loc = 1.0
     c.c_base = 1.0
+    # The reference back-propagates train_base's drift loss with weight 1 (c_base only weighs the
+    # logged loss/total); True puts c_base in the gradient too, as the paper's objective reads.
+    c.c_base_in_gradient = False
     c.accumulate_bs = 10
     c.grad_clip = 100.0
     c.batch_size = 2  # n_edits edits + (batch_size - n_edits) locality examples
@@ -157,9 +176,16 @@ def world_gen(c: ml_collections.ConfigDict) -> None:
     """
     use_world_model(c, [f"transformer.h.{i}.mlp.{m}.weight" for i in (1, 2, 3) for m in ("c_fc", "c_proj")])
     c.data.max_length = 40
-    c.data.loc_max_length = 96
+    # Passages are not cut (the reference); the world's are 58-66 tokens, so one shape of 96.
+    c.data.loc_max_length = -1
+    c.data.loc_length_buckets = [96]
+    # All of the world's locality passages: the reference's 10% is of wikitext-103's train split,
+    # while 10% of the world's 21 training passages would leave 2, which an editor overfits.
+    c.data.loc_pct = 100.0
     c.data.loc_pool = "all"
-    world_schedule(c, max_iters=3000, log_interval=50, val_interval=500, val_steps=100, early_stop_patience=2000)
+    # val_steps: the validation split's first round, which edits every fact and template once
+    # (formats.edit_pairs); the final evaluation scores all 558 edits (3 alternatives each).
+    world_schedule(c, max_iters=3000, log_interval=50, val_interval=500, val_steps=186, early_stop_patience=2000)
 
 
 def use_world_model(c: ml_collections.ConfigDict, inner_params) -> None:

@@ -76,11 +76,29 @@ def _tfds_passages(config, name: str, split: str, pct: float = 100.0):
     )
 
 
-def gen_datasets(config, tokenizer, data_dir: str, train_loc: str, val_loc: str) -> Tuple[GenDataset, GenDataset]:
+def max_positions(model_config) -> Optional[int]:
+    """The longest input the model's position table allows (None: relative positions, as T5)."""
+    for key in ("n_positions", "max_position_embeddings"):
+        if getattr(model_config, key, None):
+            return int(getattr(model_config, key))
+    return None
+
+
+def locality_limit(config, model_config) -> int:
+    """gen's locality cut: data.loc_max_length, or with -1 (the reference: passages are not cut)
+    the model's position table."""
+    if config.data.loc_max_length < 0:
+        return max_positions(model_config)
+    return config.data.loc_max_length
+
+
+def gen_datasets(config, tokenizer, data_dir: str, train_loc: str, val_loc: str,
+                 loc_max_length: int) -> Tuple[GenDataset, GenDataset]:
     """train_loc/val_loc are text files, or None with data.loc_source=tfds:NAME."""
     n_edits = config.data.n_edits
     common = dict(
-        max_length=config.data.max_length, loc_max_length=config.data.loc_max_length,
+        max_length=config.data.max_length, loc_max_length=loc_max_length,
+        loc_buckets=tuple(config.data.loc_length_buckets),
         n_edits=n_edits, seed=config.seed, loc_pool=config.data.loc_pool,
     )
     train_edits, val_edits = (self_sample_path(data_dir, split) for split in ("train", "valid"))
@@ -127,7 +145,7 @@ def _build_gen(config):
         loc_files = (None, None) if _tfds_name(config) else locality_files(config.data.loc_path)
     module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
     target = _target(config, module, params, shift_labels=True)
-    train, val = gen_datasets(config, tokenizer, data_dir, *loc_files)
+    train, val = gen_datasets(config, tokenizer, data_dir, *loc_files, locality_limit(config, module.config))
     return target, params, train, val, lambda m: m["perplexity/post"] - m["perplexity/pre"]
 
 

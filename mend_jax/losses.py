@@ -18,6 +18,7 @@ class TokenStats(NamedTuple):
     nll: jax.Array  # (batch,) summed NLL over unmasked tokens
     n_tokens: jax.Array  # (batch,)
     correct: jax.Array  # (batch,) every unmasked token is the argmax
+    prob: jax.Array  # (batch,) summed probability of the unmasked target tokens
 
 
 def _align(logits: jax.Array, labels: jax.Array, shift: bool):
@@ -38,7 +39,8 @@ def token_stats(logits: jax.Array, labels: jax.Array, shift: bool) -> TokenStats
     return TokenStats(
         nll=-(token_logp * mask).sum(-1),
         n_tokens=mask.sum(-1).astype(jnp.float32),
-        correct=hit.all(-1) & mask.any(-1),
+        correct=hit.all(-1),  # as the reference, an example with no target tokens counts as right
+        prob=(jnp.exp(token_logp) * mask).sum(-1),
     )
 
 
@@ -46,10 +48,12 @@ def binary_stats(logits: jax.Array, labels: jax.Array) -> TokenStats:
     """One logit per example; labels are 0/1."""
     z = logits.reshape(-1).astype(jnp.float32)
     sign = jnp.where(labels > 0, 1.0, -1.0)
+    log_p = jax.nn.log_sigmoid(sign * z)
     return TokenStats(
-        nll=-jax.nn.log_sigmoid(sign * z),
+        nll=-log_p,
         n_tokens=jnp.ones_like(z),
-        correct=(z > 0) == (labels > 0),
+        correct=jnp.exp(log_p) > 0.5,  # the reference's test, so a logit of 0 is wrong for both labels
+        prob=jnp.exp(log_p),
     )
 
 
@@ -78,6 +82,8 @@ def kl_loc(pre_logits: jax.Array, post_logits: jax.Array, mask: jax.Array) -> ja
 
 
 def summarize(stats: TokenStats) -> Dict[str, jax.Array]:
+    """The reference's acc, nll, log_prob and prob; prob is the mean token probability
+    (not exp(log_prob))."""
     n = jnp.maximum(stats.n_tokens.sum(), 1.0)
     nll = stats.nll.sum() / n
-    return {"acc": stats.correct.mean(), "nll": nll, "log_prob": -nll, "prob": jnp.exp(-nll)}
+    return {"acc": stats.correct.mean(), "nll": nll, "log_prob": -nll, "prob": stats.prob.sum() / n}

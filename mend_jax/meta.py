@@ -7,7 +7,6 @@ name with the original code.
 from typing import Any, Dict, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from mend_jax import losses
 from mend_jax.editors.base import EditTarget
@@ -19,6 +18,9 @@ class Coefficients(NamedTuple):
     edit: float
     loc: float
     base: float = 0.0  # c_base, for editors that train the base model (train_base)
+    # The reference back-propagates the base-drift loss with weight 1 and uses c_base only in the
+    # logged loss/total; True differentiates c_base * l_base instead, as the paper describes.
+    base_in_gradient: bool = False
 
 
 def loc_mask(loc_batch: Dict[str, jax.Array]) -> jax.Array:
@@ -34,11 +36,14 @@ def edit_inputs(batch: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def edit_and_score(editor, target: EditTarget, coef: Coefficients, params, stats, base_params, batch, train: bool):
-    """(l_total, (new_stats, sums)) for one batch; differentiable in `params`.
+    """(objective, (new_stats, sums)) for one batch; differentiable in `params`.
 
+    The objective is what meta-training differentiates: c_edit·L_edit + c_loc·L_loc.
     `base_params` is the original model. An editor that trains the base model
-    edits (and is judged against) its current base, and pays
-    c_base · KL(p_original(loc) ‖ p_base(loc)) for drifting, as in the reference.
+    edits (and is judged against) its current base, and pays for drifting with
+    L_base = KL(p_original(loc) ‖ p_base(loc)). As in the reference, L_base enters
+    the objective with weight 1 and c_base only weighs it in the logged
+    `loss/total` (`coef.base_in_gradient` puts c_base in the objective too).
     """
     trains_base = hasattr(editor, "current_base")
     base = editor.current_base(params, base_params) if trains_base else base_params
@@ -51,14 +56,15 @@ def edit_and_score(editor, target: EditTarget, coef: Coefficients, params, stats
     l_edit = target.nll(post_outer, batch["edit_outer"])
     l_loc = losses.kl_loc(pre_loc, post_loc, loc_mask(batch["loc"]))
     l_total_edit = coef.edit * l_edit + coef.loc * l_loc
-    l_total = l_total_edit
+    l_total = objective = l_total_edit
     if trains_base:
         original_loc = jax.lax.stop_gradient(target.logits(base_params, batch["loc"]))
-        info = {**info, "loss/base": losses.kl_loc(original_loc, base_loc, loc_mask(batch["loc"]))}
-        l_total = l_total_edit + coef.base * info["loss/base"]
+        l_base = losses.kl_loc(original_loc, base_loc, loc_mask(batch["loc"]))
+        info = {**info, "loss/base": l_base}
+        l_total = l_total_edit + coef.base * l_base
+        objective = l_total_edit + (coef.base if coef.base_in_gradient else 1.0) * l_base
 
-    edit_stats = losses.token_stats(post_outer, batch["edit_outer"]["labels"], target.shift_labels)
-    edit_log_prob = -edit_stats.nll.sum() / jnp.maximum(edit_stats.n_tokens.sum(), 1.0)
+    edit = losses.summarize(losses.token_stats(post_outer, batch["edit_outer"]["labels"], target.shift_labels))
     pre = losses.token_stats(pre_loc, batch["loc"]["labels"], target.shift_labels)
     post = losses.token_stats(post_loc, batch["loc"]["labels"], target.shift_labels)
     sums = {
@@ -66,9 +72,9 @@ def edit_and_score(editor, target: EditTarget, coef: Coefficients, params, stats
         "loss/loc": l_loc,
         "loss/total": l_total,
         "loss/total_edit": l_total_edit,
-        "edit/acc": edit_stats.correct.mean(),
-        "edit/log_prob": edit_log_prob,
-        "edit/prob": jnp.exp(edit_log_prob),
+        "edit/acc": edit["acc"],
+        "edit/log_prob": edit["log_prob"],
+        "edit/prob": edit["prob"],
         "acc/pre": pre.correct.mean(),
         "acc/post": post.correct.mean(),
         "nll_sum/pre": pre.nll.sum(),
@@ -76,7 +82,7 @@ def edit_and_score(editor, target: EditTarget, coef: Coefficients, params, stats
         "n_tokens/loc": pre.n_tokens.sum(),
         **info,
     }
-    return l_total, (stats, sums)
+    return objective, (stats, sums)
 
 
 def finalize(sums: Dict[str, Any]) -> Dict[str, float]:

@@ -48,6 +48,16 @@ def make_optimizer(config: ml_collections.ConfigDict, labels) -> optax.GradientT
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), inner)
 
 
+def applies_update(step: int, accumulate_bs: int) -> bool:
+    """Whether the accumulated gradient is applied after batch `step` (0-based).
+
+    As in the reference (`global_iter > 0 and global_iter % accumulate_bs == 0`): the
+    first window holds batches 0..accumulate_bs (one more than the others), then every
+    window holds accumulate_bs batches; each batch's gradient is divided by accumulate_bs.
+    """
+    return step > 0 and step % accumulate_bs == 0
+
+
 def _all_finite(tree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves] + [jnp.array(True)]))
@@ -76,7 +86,9 @@ class Trainer:
         self.config = config_lib.apply_alg_defaults(config)
         self.exp = experiment
         self.workdir = workdir
-        self.coef = meta.Coefficients(edit=config.c_edit, loc=config.c_loc, base=config.c_base)
+        self.coef = meta.Coefficients(
+            edit=config.c_edit, loc=config.c_loc, base=config.c_base, base_in_gradient=config.c_base_in_gradient
+        )
         self.trains = needs_training(experiment.editor)  # fine-tuning baselines go straight to evaluation
         if hasattr(experiment.editor, "bind_data"):
             experiment.editor.bind_data(experiment.train_data)
@@ -205,6 +217,7 @@ class Trainer:
             results = {
                 "results": with_suffix(metrics, "_val"),
                 "step": int(final_state.step),
+                "kept_step": int(final_state.best_step),  # the validation step of the evaluated editor
                 "n_skipped_batches": int(final_state.n_skipped),
                 "config": cfg.to_dict(),
             }
@@ -242,7 +255,7 @@ class Trainer:
         while step < cfg.max_iters:
             batch = self.exp.train_data.train_batch(step)
             state, sums = self._grad_step(state, self.exp.base_params, batch)
-            if (step + 1) % cfg.accumulate_bs == 0:
+            if applies_update(step, cfg.accumulate_bs):
                 state = self._apply_step(state)
             recent.append(sums)
             if step % cfg.log_interval == 0:

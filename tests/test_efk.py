@@ -136,3 +136,22 @@ def test_conditioner_embedding_starts_as_the_base_models(model):
     np.testing.assert_array_equal(eparams["conditioner"]["embedding"]["embedding"],
                                   params["transformer"]["wte"]["embedding"])
     assert set(jax.tree_util.tree_leaves(editor.param_labels(eparams))) == {"editor"}
+
+
+def test_conditioner_embedding_row_0_is_never_trained(model):
+    """The reference's nn.Embedding(padding_idx=0): token 0 (GPT-2's "!", BART's <s>) keeps the
+    base model's embedding, while it still feeds the LSTM."""
+    from mend_jax import meta
+
+    module, params, target, editor, eparams = model
+    batch = tiny.meta_batch()
+    ids = np.array([[0, 7, 0, 12, 5, 0, 9, 3]], np.int32)  # token 0 as a real (unmasked) token
+    batch["cond"] = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    coef = meta.Coefficients(edit=0.1, loc=1.0)
+    objective = lambda p: meta.edit_and_score(editor, target, coef, p, {}, params, batch, train=True)[0]
+    grad = jax.jit(jax.grad(objective))(eparams)["conditioner"]["embedding"]["embedding"]
+    assert float(jnp.abs(grad[0]).max()) == 0.0
+    assert all(float(jnp.abs(grad[t]).max()) > 0 for t in (7, 12, 5, 9, 3))
+    other = ids.copy()
+    other[0, 0] = 21
+    assert np.abs(editor.condition(eparams, batch["cond"]) - editor.condition(eparams, {**batch["cond"], "input_ids": other})).max() > 1e-6

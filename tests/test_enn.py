@@ -43,10 +43,7 @@ def f64_model():
     return module, params, Float64Target(module, target.inner_paths, target.inner_names, shift_labels=True)
 
 
-def meta_batch(seed=0):
-    edit = tiny.lm_batch(61, batch=1, length=8, seed=seed)
-    return {"edit_inner": edit, "edit_outer": tiny.lm_batch(61, batch=1, length=8, seed=seed + 1),
-            "loc": tiny.lm_batch(61, batch=2, length=8, seed=seed + 2, n_label=7)}
+meta_batch = tiny.meta_batch
 
 
 def test_one_step_is_sgd_with_per_matrix_lrs(model):
@@ -163,3 +160,45 @@ def test_invalid_step_count_raises(model):
     module, params, target = model
     with pytest.raises(ValueError, match="n_edit_steps"):
         ENN(target, params, enn_cfg(n_edit_steps=0), 1e-2)
+
+
+def test_base_gradient_is_independent_of_c_base(model):
+    """The reference back-propagates l_base with weight 1; c_base only scales the logged loss/total."""
+    from mend_jax import losses, meta
+
+    module, params, target = model
+    editor = TrainableBase(ENN(target, params, enn_cfg(), 1e-2))
+    eparams, _ = editor.init(jax.random.PRNGKey(0), params)
+    # A base that has drifted from the original, so the drift loss and its gradient are not 0.
+    eparams["base"] = jax.tree_util.tree_map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(1), x.shape), eparams["base"]
+    )
+    batch = meta_batch()
+
+    def run(c_base, in_gradient=False):
+        coef = meta.Coefficients(edit=0.1, loc=1.0, base=c_base, base_in_gradient=in_gradient)
+        (_, (_, sums)), g = jax.value_and_grad(
+            lambda p: meta.edit_and_score(editor, target, coef, p, {}, params, batch, train=True), has_aux=True
+        )(eparams)
+        return g, sums
+
+    g1, s1 = run(1.0)
+    g10, s10 = run(10.0)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, g1, g10)
+    l_base = float(s1["loss/base"])
+    assert l_base > 0
+    np.testing.assert_allclose(float(s10["loss/total"]) - float(s1["loss/total"]), 9 * l_base, rtol=1e-5)
+    # Independently: d(l_total_edit)/d(base) + d(KL(original || base))/d(base).
+    loc = batch["loc"]
+    original = jax.lax.stop_gradient(target.logits(params, loc))
+    drift = lambda base: losses.kl_loc(original, target.logits(editor.current_base({"base": base}, params), loc),
+                                       loc["attention_mask"])
+    # c_base = 0 with the switch on leaves only l_total_edit in the objective.
+    coef0 = meta.Coefficients(edit=0.1, loc=1.0, base=0.0, base_in_gradient=True)
+    g_edit = jax.grad(lambda p: meta.edit_and_score(editor, target, coef0, p, {}, params, batch, train=True)[0])(eparams)
+    expected = jax.tree_util.tree_map(lambda a, b: a + b, g_edit["base"], jax.grad(drift)(eparams["base"]))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g1["base"], expected)
+    # The switch puts c_base into the gradient.
+    g10_paper, _ = run(10.0, in_gradient=True)
+    diff = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), g10_paper["base"], g1["base"])
+    assert max(jax.tree_util.tree_leaves(diff)) > 1e-6

@@ -81,3 +81,62 @@ def test_ft_kl_keeps_the_heldout_batch_closer(model):
     assert with_kl < 0.5 * plain
     with pytest.raises(ValueError, match="held-out"):
         FT(target, params, ft_cfg(locality=True), edit_lr=1e-2, grad_clip=100.0).edit({}, {}, params, batch, False)
+
+
+class LocalityStream:
+    """Training data whose every batch has a different, recognisable locality row."""
+
+    def __init__(self, n_loc=1):
+        self.n_loc = n_loc
+
+    def train_batch(self, step):
+        loc = tiny.lm_batch(61, batch=self.n_loc, seed=100 + step, n_label=7)
+        return {"loc": jax.tree_util.tree_map(np.asarray, loc)}
+
+
+def inner_step_locality(editor, params, batch, monkeypatch):
+    """The locality input_ids each inner FT step scores, in order (jit off so they are concrete)."""
+    seen = []
+    pick = FT._locality_batch.__get__(editor)
+
+    def spy(edit_batch, step):
+        loc = pick(edit_batch, step)
+        seen.append(np.asarray(loc["input_ids"]).tobytes())
+        return loc
+
+    monkeypatch.setattr(editor, "_locality_batch", spy)
+    with jax.disable_jit():
+        editor.edit({}, {}, params, batch, False)
+    return seen
+
+
+def test_ft_kl_draws_a_fresh_locality_batch_at_each_inner_step(model, monkeypatch):
+    """The reference's ft.locality.oracle: a new training-split locality batch per inner step."""
+    module, params, target = model
+    batch = tiny.lm_batch(61, batch=1, seed=5)
+    cfg = ft_cfg(max_edit_steps=6, locality=True, locality_pool_size=64)
+    editor = FT(target, params, cfg, edit_lr=1e-4, grad_clip=100.0)  # small steps: all 6 are taken
+    editor.bind_data(LocalityStream())
+    seen = inner_step_locality(editor, params, batch, monkeypatch)
+    assert len(seen) == 6 and len(set(seen)) >= 5
+    # Every draw is a training batch's locality row; the draws are a pure function of the edit.
+    pool = {np.asarray(LocalityStream().train_batch(s)["loc"]["input_ids"]).tobytes() for s in range(64)}
+    assert set(seen) <= pool
+    assert inner_step_locality(editor, params, batch, monkeypatch) == seen
+    # locality_oracle=False: one fixed batch (the start of the training stream) for every step.
+    fixed = FT(target, params, ft_cfg(max_edit_steps=6, locality=True, locality_oracle=False), edit_lr=1e-4,
+               grad_clip=100.0)
+    fixed.bind_data(LocalityStream())
+    assert set(inner_step_locality(fixed, params, batch, monkeypatch)) == {
+        np.asarray(LocalityStream().train_batch(0)["loc"]["input_ids"]).tobytes()
+    }
+
+
+def test_locality_batches_of_more_rows_join_consecutive_training_batches():
+    from mend_jax.editors.ft import locality_pool
+
+    pool = locality_pool(LocalityStream(n_loc=2), n_batches=3, size=3)
+    assert pool["input_ids"].shape == (3, 3, 8)
+    rows = lambda s: np.asarray(LocalityStream(n_loc=2).train_batch(s)["loc"]["input_ids"])
+    np.testing.assert_array_equal(pool["input_ids"][0], np.concatenate([rows(0), rows(1)])[:3])
+    np.testing.assert_array_equal(pool["input_ids"][1], np.concatenate([rows(2), rows(3)])[:3])

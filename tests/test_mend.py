@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import torch
 
 from mend_jax import config_lib
-from mend_jax.editors.idmlp import GradientTransform
+from mend_jax.editors.idmlp import IDMLP, GradientTransform, LowRankResidual, clamp_min_zero
 from mend_jax.editors.mend import MEND
 from mend_jax.editors.running_stats import RunningStats
 from mend_jax.models import get_path, inner_factors
@@ -192,3 +193,93 @@ def test_identity_init_and_xavier():
     gx = GradientTransform(x_dim=6, delta_dim=5, rank=3, init_kind="xavier")
     px = gx.init(jax.random.PRNGKey(0), u, d)["params"]
     assert float(jnp.abs(px["mlp"]["layer_0"]["u"]).max()) > 0
+
+
+def test_xavier_layers_have_no_residual():
+    """The reference adds `+ x` only under init="id"; a xavier layer is relu(pre) alone."""
+    h = jnp.linspace(-1.0, 1.0, 12).reshape(2, 6)
+    for init_kind, expect_residual in (("id", True), ("xavier", False)):
+        layer = LowRankResidual(width=6, rank=3, init_kind=init_kind)
+        p = layer.init(jax.random.PRNGKey(0), h)["params"]
+        p["bias"] = jnp.full_like(p["bias"], -1e3)  # every pre-activation negative: the activation is 0
+        out = layer.apply({"params": p}, h)
+        chex.assert_trees_all_close(out, h if expect_residual else jnp.zeros_like(h))
+
+
+def test_clamp_has_torch_derivatives_at_the_kink():
+    """torch's clamp(min=0) passes the gradient where x >= 0; jax.nn.relu would give 0 at 0."""
+    x = jnp.array([-1.0, 0.0, 2.0])
+    g = jax.grad(lambda v: clamp_min_zero(v).sum())(x)
+    t = torch.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    t.clamp(min=0).sum().backward()
+    np.testing.assert_array_equal(g, t.grad.numpy())
+    np.testing.assert_array_equal(g, [0.0, 1.0, 1.0])
+
+
+def torch_idmlp(params, h, mode, init_kind="id"):
+    """The reference's IDMLP (nn.py: LRLinear layers) in PyTorch, on our parameters
+    (torch stores v as (r, d) and u as (d, r), the transposes of ours)."""
+    out = torch.tensor(np.asarray(h))
+    leaves = {}
+    for name in sorted(params):
+        p = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in params[name].items()}
+        leaves[name] = p
+        pre = (p["u"].T @ (p["v"].T @ out.T)).T + p["bias"]
+        if "mode_scale" in p:
+            pre = pre * p["mode_scale"][mode] + p["mode_shift"][mode]
+        acts = pre.clamp(min=0)  # "need clamp instead of relu so gradient at 0 isn't 0"
+        out = acts + out if init_kind == "id" else acts
+    return out, leaves
+
+
+@pytest.mark.parametrize("at_init", [True, False], ids=["identity-init", "trained"])
+def test_idmlp_values_and_gradients_match_the_pytorch_reference(at_init):
+    net = IDMLP(width=10, n_hidden=1, rank=4, n_modes=3)
+    h = jax.random.normal(jax.random.PRNGKey(1), (7, 10))
+    params = net.init(jax.random.PRNGKey(0), h, 0)["params"]
+    if not at_init:
+        params = jax.tree_util.tree_map(
+            lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(2), x.shape), params
+        )
+    weights = jax.random.normal(jax.random.PRNGKey(3), (7, 10))
+    loss = lambda p: jnp.sum(weights * net.apply({"params": p}, h, 2) ** 2)
+    grads = jax.grad(loss)(params)
+    out, leaves = torch_idmlp(params, h, 2)
+    (torch.tensor(np.asarray(weights)) * out**2).sum().backward()
+    np.testing.assert_allclose(net.apply({"params": params}, h, 2), out.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for layer, tensors in leaves.items():
+        for name, t in tensors.items():
+            np.testing.assert_allclose(grads[layer][name], t.grad.numpy(), rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{layer}/{name}")
+    if at_init:  # U = 0, b = 0, shift 0: every pre-activation is exactly 0, and still the gradient flows
+        for layer in grads.values():
+            assert float(jnp.abs(layer["u"]).max()) > 0 and float(jnp.abs(layer["bias"]).max()) > 0
+            assert float(jnp.abs(layer["mode_shift"][2]).max()) > 0
+
+
+def test_meta_gradient_reaches_the_network_at_the_identity_init(model, monkeypatch):
+    """From the identity init, a meta-step's gradient of U, b and the mode shift is non-zero and
+    equals that of the same network with the activation replaced by the identity map (what a
+    derivative of 1 at 0 gives at that point); V's and the mode scale's are 0 (U = 0, pre = 0)."""
+    from mend_jax import meta
+    from mend_jax.editors import idmlp
+
+    module, params, target = model
+    editor = MEND(target, params, mend_cfg(), edit_lr=1e-4)
+    eparams, stats = editor.init(jax.random.PRNGKey(0), params)
+    batch = tiny.meta_batch()
+    coef = meta.Coefficients(edit=0.1, loc=1.0)
+
+    def nets_grad():
+        objective = lambda p: meta.edit_and_score(editor, target, coef, p, stats, params, batch, train=True)[0]
+        return jax.grad(objective)(eparams)["nets"]
+
+    grads = nets_grad()
+    monkeypatch.setattr(idmlp, "clamp_min_zero", lambda x: x)
+    linear = nets_grad()
+    chex.assert_trees_all_close(grads, linear, rtol=1e-5, atol=1e-9)
+    for key, net in grads.items():
+        for name, layer in net["mlp"].items():
+            for leaf in ("u", "bias", "mode_shift"):
+                assert float(jnp.abs(layer[leaf]).max()) > 0, (key, name, leaf)
+            assert float(jnp.abs(layer["v"]).max()) == 0 and float(jnp.abs(layer["mode_scale"]).max()) == 0

@@ -89,7 +89,7 @@ def test_experiments_route_qa_and_gen_locality_through_tfds(tmp_path):
     c.data.loc_source = "tfds:wiki40b/en"
     tok = word_tokenizer()
     with tfds.testing.mock_data(as_dataset_fn=wiki40b_as_dataset):
-        train, val = experiments.gen_datasets(c, tok, str(tmp_path / "self_sample"), None, None)
+        train, val = experiments.gen_datasets(c, tok, str(tmp_path / "self_sample"), None, None, c.data.loc_max_length)
     assert isinstance(train, GenDataset) and train.passages == [LONG, "second " + LONG]
     assert train.train_batch(0)["loc"]["input_ids"].shape == (1, 64) and val.n_loc == 2
 

@@ -114,12 +114,21 @@ def test_gen_self_sample_ends_with_the_counterfactual_object(world, written):
             data = json.load(f)
         assert set(data) == {"original", "completions", "n_tokens"}
         n = data["n_tokens"]
-        assert n == 2 and len(data["original"]) == len(data["completions"]) == 3 * len(world.split(split))
+        facts = world.split(split)
+        n_templates, n_alternatives = 3, world.config.n_alternatives
+        assert n == 2 and len(data["original"]) == len(data["completions"]) == n_templates * n_alternatives * len(facts)
+        new_objects = []
         for original, completion in zip(data["original"], data["completions"]):
             o_ids, c_ids = tok.encode(original), tok.encode(completion)
-            new_object = completion[:-1].split(" ")[-1]
-            assert tok.decode(c_ids[-n:]) == f" {new_object}."
+            new_objects.append(completion[:-1].split(" ")[-1])
+            assert tok.decode(c_ids[-n:]) == f" {new_objects[-1]}."
             assert o_ids[:-n] == c_ids[:-n] and o_ids[-n:] != c_ids[-n:], "only the object is edited"
+        # Round r edits every fact and template once, with alternative t + r: the first round alone
+        # covers every fact (what validation on the first val_steps edits sees).
+        per_round = n_templates * len(facts)
+        for r in range(n_alternatives):
+            expect = [f.alternative(t + r) for f in facts for t in range(n_templates)]
+            assert new_objects[r * per_round:(r + 1) * per_round] == expect
 
 
 def test_loc_passages_are_long_ascii_and_about_the_other_split(world, written):

@@ -41,6 +41,13 @@ def lm_batch(vocab, batch=2, length=8, seed=0, n_label=3):
     return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask), "labels": jnp.asarray(labels)}
 
 
+def meta_batch(vocab=61, length=8, seed=0, n_loc=2):
+    """One meta-training example: an edit, its rephrase (same labels, another text) and locality rows."""
+    return {"edit_inner": lm_batch(vocab, batch=1, length=length, seed=seed),
+            "edit_outer": lm_batch(vocab, batch=1, length=length, seed=seed + 1),
+            "loc": lm_batch(vocab, batch=n_loc, length=length, seed=seed + 2, n_label=length - 1)}
+
+
 def word_tokenizer(words):
     """A GPT-2-like tokenizer (no pad token) where each word is one token."""
     from tokenizers import Tokenizer, models as tok_models, pre_tokenizers

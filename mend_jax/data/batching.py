@@ -82,9 +82,46 @@ def shift_left(batch: Dict[str, np.ndarray], drop: int, pad_id: int) -> Dict[str
     return out
 
 
+def bucket_length(longest: int, buckets: Sequence[int], limit: int) -> int:
+    """The padded length of a batch whose longest sequence has `longest` tokens: the
+    smallest bucket that holds it, else `limit` (sequences are cut at `limit`)."""
+    return min([b for b in buckets if longest <= b < limit] + [limit])
+
+
+def _fill(path) -> int:
+    """Padding for a leaf of a batch: labels are ignored, every other array (ids, masks) is 0."""
+    return IGNORE if getattr(path[-1], "key", None) == "labels" else 0
+
+
+def pad_to_common_length(batches: List[Dict]) -> List[Dict]:
+    """Right-pads every batch's (rows, length) arrays to the longest length among them.
+
+    Padded positions are masked (attention mask 0, labels ignored), so for the
+    right-padded, masked models here they change no real position's output.
+    """
+    def pad(path, *leaves):
+        if leaves[0].ndim < 2 or len({leaf.shape[1] for leaf in leaves}) == 1:
+            return list(leaves)
+        width = max(leaf.shape[1] for leaf in leaves)
+        widths = [(0, 0), None] + [(0, 0)] * (leaves[0].ndim - 2)
+        return [np.pad(leaf, [w or (0, width - leaf.shape[1]) for w in widths], constant_values=_fill(path))
+                for leaf in leaves]
+
+    padded = jax.tree_util.tree_map_with_path(lambda path, *leaves: pad(path, *leaves), *batches)
+    treedef = jax.tree_util.tree_structure(batches[0])
+    columns = treedef.flatten_up_to(padded)
+    return [treedef.unflatten([column[i] for column in columns]) for i in range(len(batches))]
+
+
 def stack_batches(batches: List[Dict]) -> Dict:
-    """Stacks same-structure batches on a new leading axis (for vmapped evaluation)."""
-    return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *batches)
+    """Stacks same-structure batches on a new leading axis (for vmapped evaluation); batches
+    padded to different lengths (gen's locality buckets) are first padded to the longest."""
+    return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *pad_to_common_length(batches))
+
+
+def concat_rows(batches: List[Dict]) -> Dict:
+    """Concatenates same-structure batches along their rows, padding lengths first."""
+    return jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *pad_to_common_length(batches))
 
 
 class EditBatches:

@@ -10,7 +10,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from mend_jax.data.batching import EditBatches, check_sizes, check_tokenizer, lm_labels, pad_right, shift_left
+from mend_jax.data.batching import (
+    EditBatches, bucket_length, check_sizes, check_tokenizer, lm_labels, pad_right, shift_left,
+)
 from mend_jax.data.io import DataFormatError, DataNotFoundError, read_json, read_lines
 from mend_jax.losses import IGNORE
 
@@ -112,7 +114,11 @@ def find_wikitext(directory: str) -> Dict[str, str]:
 class GenDataset(EditBatches):
     """Edit and locality batches of static shapes, each a pure function of its index.
 
-    Shapes: edits (n_edits, max_length), locality (n_loc, loc_max_length), int32.
+    Shapes: edits (n_edits, max_length), int32. Locality passages are cut at
+    `loc_max_length` tokens; a locality batch is (n_loc, L) with L the smallest of
+    `loc_buckets` that holds its longest passage, else `loc_max_length`. With no
+    buckets every batch is padded to `loc_max_length`; with buckets the reference's
+    uncut passages keep a few static shapes (one compilation each).
     `train_batch(step)` depends on (seed, step) only; `eval_batch(i)` on i only.
 
     loc_pool="reference" reproduces the released code, which draws locality
@@ -129,6 +135,7 @@ class GenDataset(EditBatches):
         *,
         max_length: int = 200,
         loc_max_length: int = 200,
+        loc_buckets: Sequence[int] = (),
         n_edits: int = 1,
         n_loc: int = 1,
         seed: int = 0,
@@ -144,7 +151,10 @@ class GenDataset(EditBatches):
         if loc_pool not in ("reference", "all"):
             raise ValueError(f"loc_pool must be 'reference' or 'all', got {loc_pool!r}")
         self.tokenizer, self.pad_id = tokenizer, tokenizer.pad_token_id
+        if loc_max_length < 1:
+            raise ValueError(f"loc_max_length must be a positive number of tokens, got {loc_max_length}")
         self.n_tokens, self.max_length, self.loc_max_length = edits.n_tokens, max_length, loc_max_length
+        self.loc_buckets = tuple(sorted(loc_buckets))
         self.n_edits, self.n_loc, self.seed = n_edits, n_loc, seed
         self.drop_prefix, self.loc_pool = drop_prefix, loc_pool
         self.passages = list(passages)
@@ -196,7 +206,8 @@ class GenDataset(EditBatches):
         idx = rng.integers(0, pool, size=self.n_loc) % len(self.passages)
         texts = [self.passages[i] for i in idx]
         seqs = self.tokenizer(texts, truncation=True, max_length=self.loc_max_length)["input_ids"]
-        ids, mask = pad_right(seqs, self.loc_max_length, self.pad_id)
+        length = bucket_length(max(map(len, seqs)), self.loc_buckets, self.loc_max_length)
+        ids, mask = pad_right(seqs, length, self.pad_id)
         return {"input_ids": ids, "attention_mask": mask, "labels": lm_labels(ids, mask)}
 
 

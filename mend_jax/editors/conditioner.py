@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+PADDING_IDX = 0  # the conditioner embedding's padding_idx in the reference
+
 
 def torch_uniform(fan: int):
     bound = 1.0 / float(fan) ** 0.5
@@ -94,6 +96,9 @@ class LSTMConditioner(nn.Module):
     @nn.compact
     def __call__(self, input_ids, attention_mask):
         x = nn.Embed(self.vocab_size, self.embed_dim, name="embedding")(input_ids)
+        # The reference's nn.Embedding(padding_idx=0): row 0 keeps its initial value (the base
+        # model's embedding of token 0, e.g. BART's <s>) and is never trained.
+        x = jnp.where((input_ids == PADDING_IDX)[..., None], jax.lax.stop_gradient(x), x)
         forward = MaskedLSTM(self.hidden, name="forward")(x, attention_mask)
         backward = MaskedLSTM(self.hidden, reverse=True, name="backward")(x, attention_mask)
         return jnp.tanh(TorchDense(self.out_dim, name="out")(jnp.concatenate([forward, backward], -1)))

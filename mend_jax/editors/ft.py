@@ -4,8 +4,17 @@ An edit is up to `max_edit_steps` RMSprop steps (PyTorch's defaults: decay
 0.99, eps 1e-8 outside the square root) on additive residuals of the inner
 matrices, at `edit_lr`, with gradients clipped to `grad_clip`. Before each step
 the edit is checked: once every labelled token of the edit is the argmax, it
-stops. FT+KL minimises `locality_cedit · L_edit + KL(p_base ‖ p_edited)` on a
-held-out locality batch: the first training batch's, bound by the trainer.
+stops. FT+KL minimises `locality_cedit · L_edit + KL(p_base ‖ p_edited)` on
+training-split locality data, bound by the trainer (`bind_data`):
+
+* `locality_oracle=True` (the reference's default): every inner step draws a
+  fresh locality batch of `locality_batch_size` examples, as the reference's
+  `loc_sampler` does. The draws come from a pool of `locality_pool_size`
+  batches built from the training data; which one a step gets is a
+  pseudo-random function of the edit's tokens and the step, so an edit stays
+  a pure function of its inputs.
+* `locality_oracle=False`: one fixed batch (drawn from the start of the
+  training stream, as the reference draws its with seed 0) at every step.
 
 There is nothing to meta-train (`needs_training = False`). The loop is a
 `lax.while_loop`, so an edit stays jittable and vmaps over many edits (each
@@ -14,6 +23,7 @@ stops on its own: finished edits no longer change).
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from mend_jax import losses
@@ -36,9 +46,23 @@ class FT:
         )
 
     def bind_data(self, train_data) -> None:
-        """FT+KL's held-out locality batch: the first training batch's locality part."""
-        if self.cfg.locality and self.heldout_loc is None:
-            self.heldout_loc = jax.tree_util.tree_map(jnp.asarray, train_data.train_batch(0)["loc"])
+        """FT+KL's locality batches, from the training data: a pool of them with
+        `locality_oracle`, else one fixed batch (stored with a pool axis of 1)."""
+        if not self.cfg.locality or self.heldout_loc is not None:
+            return
+        size = self.cfg.locality_batch_size
+        n_batches = self.cfg.locality_pool_size if self.cfg.locality_oracle else 1
+        self.heldout_loc = locality_pool(train_data, n_batches, size)
+
+    def _locality_batch(self, edit_batch, step: jax.Array):
+        """The pool entry for inner step `step` of this edit."""
+        n = jax.tree_util.tree_leaves(self.heldout_loc)[0].shape[0]
+        ids = edit_batch["input_ids"].astype(jnp.uint32).reshape(-1)
+        position = jnp.arange(ids.shape[0], dtype=jnp.uint32)
+        edit_hash = jnp.sum(ids * (position * jnp.uint32(2654435761) + jnp.uint32(1)))  # wraps mod 2**32
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), edit_hash), step)
+        index = jax.random.randint(key, (), 0, n) if n > 1 else 0
+        return jax.tree_util.tree_map(lambda pool: pool[index], self.heldout_loc)
 
     def init(self, rng: jax.Array, base_params: Params):
         return {}, {}
@@ -50,17 +74,16 @@ class FT:
         from mend_jax.meta import loc_mask  # imported here: meta imports the editors package
 
         target, cfg, paths = self.target, self.cfg, self.target.inner_paths
-        if cfg.locality:
-            if self.heldout_loc is None:
-                raise ValueError("FT+KL needs a held-out locality batch: call bind_data(train_data) first")
-            loc = self.heldout_loc
-            loc_pre = jax.lax.stop_gradient(target.logits(base_params, loc))
+        if cfg.locality and self.heldout_loc is None:
+            raise ValueError("FT+KL needs held-out locality batches: call bind_data(train_data) first")
 
-        def loss_fn(residuals):
+        def loss_fn(residuals, n_steps):
             edited = add_to_inner(base_params, dict(zip(paths, residuals)))
             logits = target.logits(edited, edit_batch)
             loss = target.nll(logits, edit_batch)
             if cfg.locality:
+                loc = self._locality_batch(edit_batch, n_steps)
+                loc_pre = jax.lax.stop_gradient(target.logits(base_params, loc))
                 kl = losses.kl_loc(loc_pre, target.logits(edited, loc), loc_mask(loc))
                 loss = cfg.locality_cedit * loss + kl
             return loss, logits
@@ -70,7 +93,7 @@ class FT:
 
         def step(carry):
             n_steps, residuals, opt_state, _ = carry
-            (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(residuals)
+            (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(residuals, n_steps)
             done = succeeded(logits)
             updates, new_opt_state = self.optimizer.update(grads, opt_state, residuals)
             new_residuals = optax.apply_updates(residuals, updates)
@@ -88,3 +111,21 @@ class FT:
         pre_loss = target.nll(target.logits(base_params, edit_batch), edit_batch)
         info = {"loss/pre_edit": pre_loss, "edit/n_steps": n_steps.astype(jnp.float32)}
         return add_to_inner(base_params, dict(zip(paths, residuals))), stats, info
+
+
+def locality_pool(train_data, n_batches: int, size: int):
+    """`n_batches` locality batches of `size` examples, stacked on a leading axis: the
+    locality parts of consecutive training batches, concatenated and cut to `size`."""
+    if size < 1 or n_batches < 1:
+        raise ValueError(f"ft.locality_batch_size and ft.locality_pool_size must be >= 1, got {size}, {n_batches}")
+    step = 0
+    pool = []
+    for _ in range(n_batches):
+        parts, rows = [], 0
+        while rows < size:
+            loc = train_data.train_batch(step)["loc"]
+            step += 1
+            parts.append(loc)
+            rows += jax.tree_util.tree_leaves(loc)[0].shape[0]
+        pool.append(jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:size], *parts))
+    return jax.tree_util.tree_map(lambda *xs: jnp.asarray(np.stack(xs)), *pool)

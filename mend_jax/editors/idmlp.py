@@ -2,7 +2,8 @@
 
 Each layer maps h -> h + relu((h V) U + b) with V (d, r) standard normal and
 U (r, d) zeros under `init="id"`, so the untrained network is the identity. As
-in the reference code, the relu is applied in every layer, the last included.
+in the reference code, the relu is applied in every layer, the last included,
+and under `init="xavier"` a layer has no residual: h -> relu((h V) U + b).
 With `n_modes` (shared editors) each inner matrix served gets its own learned
 scale (init 1) and shift (init 0) of the pre-activation.
 """
@@ -12,6 +13,18 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def clamp_min_zero(x: jax.Array) -> jax.Array:
+    """torch's `x.clamp(min=0)`: a relu whose derivative at exactly 0 is 1.
+
+    The identity init puts every pre-activation at exactly 0 (U = 0, b = 0,
+    shift 0), so the derivative there decides whether the network gets any
+    meta-gradient: `jax.nn.relu`'s is 0 (the network would never leave the
+    identity) and `jnp.maximum(x, 0)`'s or `jnp.clip(x, 0)`'s is 0.5. The
+    reference chose clamp for exactly this reason.
+    """
+    return jnp.where(x >= 0, x, jnp.zeros_like(x))
 
 
 def _xavier_uniform(gain: float):
@@ -41,7 +54,8 @@ class LowRankResidual(nn.Module):
             scale = self.param("mode_scale", nn.initializers.ones, (self.n_modes, self.width))
             shift = self.param("mode_shift", nn.initializers.zeros, (self.n_modes, self.width))
             pre = pre * scale[mode] + shift[mode]
-        return h + jax.nn.relu(pre)
+        act = clamp_min_zero(pre)
+        return h + act if self.init_kind == "id" else act
 
 
 class IDMLP(nn.Module):

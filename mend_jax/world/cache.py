@@ -20,7 +20,7 @@ from mend_jax.world.facts import World, WorldConfig, generate_world
 from mend_jax.world.pretrain import PretrainConfig, pretrain
 from mend_jax.world.tokenizer import object_token_count, train_tokenizer
 
-FORMAT_VERSION = 2  # bump whenever the files a build writes change
+FORMAT_VERSION = 3  # bump whenever the files a build writes change
 WORLD_JSON = "world.json"
 ACCURACY_MEASURE = (
     "teacher-forced argmax of every object token (' Object' and '.') after the prefix, "

@@ -33,27 +33,39 @@ MIN_LOC_WORDS = 50  # the reference drops wikitext passages shorter than this
 FEVER_LOGIT = 5.0  # a confident nominal logit: there is no fact-checking model to take it from
 
 
-def edit_pairs(facts: Sequence[Fact], seed: int) -> List[Tuple[str, str]]:
-    """(true text, counterfactual text) for every fact and statement template.
+def edit_contexts(facts: Sequence[Fact], seed: int) -> List[Tuple[Fact, int, str]]:
+    """(fact, template, context) for every fact and statement template.
 
-    Each text is a short context of true sentences about other subjects, then the
-    fact's sentence. The context has at least as many words as the sentence, so the
-    reference's edit_outer, which drops up to half of the edit's tokens from the
-    front, never drops the subject being edited.
+    The context is a short run of true sentences about other subjects, with at least
+    as many words as the fact's sentence, so the reference's edit_outer, which drops
+    up to half of the edit's tokens from the front, never drops the subject being edited.
     """
     rng = random.Random(seed)
     pool = [s for f in facts for s in f.statements()]
-    pairs = []
-    for f in facts:
-        for t, true in enumerate(f.statements()):
-            context = _context(rng, pool, f.subject, len(true.split(" ")))
-            pairs.append((f"{context} {true}", f"{context} {f.statement(t, f.alternative(t))}"))
-    return pairs
+    return [(f, t, _context(rng, pool, f.subject, len(true.split(" "))))
+            for f in facts for t, true in enumerate(f.statements())]
+
+
+def edit_pairs(facts: Sequence[Fact], seed: int) -> List[Tuple[str, str]]:
+    """(true text, counterfactual text): every fact and template, after its context, with each of
+    the fact's counterfactual objects.
+
+    The pairs come in rounds: round r gives template t the alternative t + r, so the first
+    len(facts) x templates pairs edit every fact and template once. Validation on the first
+    `val_steps` edits, as the reference validates, then covers every fact.
+    """
+    contexts = edit_contexts(facts, seed)
+    n_rounds = max(len(f.alternatives) for f in facts)
+    return [
+        (f"{ctx} {f.statement(t)}", f"{ctx} {f.statement(t, f.alternative(t + r))}")
+        for r in range(n_rounds) for f, t, ctx in contexts if r < len(f.alternatives)
+    ]
 
 
 def fact_texts(world: World) -> List[str]:
     """Every true statement, alone and in its gen edit's context: what the model must know."""
-    in_context = [true for split in SPLITS for true, _ in edit_pairs(world.split(split), _gen_seed(world, split))]
+    in_context = [f"{ctx} {f.statement(t)}" for split in SPLITS
+                  for f, t, ctx in edit_contexts(world.split(split), _gen_seed(world, split))]
     return [s for f in world.facts for s in f.statements()] + in_context
 
 
