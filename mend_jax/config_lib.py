@@ -106,7 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_only = False
 
     c.model = ml_collections.ConfigDict(
-        dict(name="", tokenizer="", inner_params=[], dtype="float32", pad_token_fix=False)
+        # inner_params is a tuple so that it can be set on the command line (README, "Running experiments").
+        dict(name="", tokenizer="", inner_params=(), dtype="float32", pad_token_fix=False)
     )
     c.data = ml_collections.ConfigDict(
         dict(
@@ -152,6 +153,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.c_base_in_gradient = False
     c.accumulate_bs = 10
     c.grad_clip = 100.0
+    # A run whose accumulation window has more than this share of non-finite batches has
+    # diverged: it stops with an error instead of skipping on.
+    c.max_skipped_fraction = 0.5
     c.batch_size = 2  # n_edits edits + (batch_size - n_edits) locality examples
     c.val_batch_size = 5
 
@@ -189,10 +193,16 @@ def world_gen(c: ml_collections.ConfigDict) -> None:
 
 
 def use_world_model(c: ml_collections.ConfigDict, inner_params) -> None:
-    """Edits the embedded world's model (built and cached on first use) on the world's data."""
+    """Edits the embedded world's model (built and cached on first use) on the world's data.
+
+    The data paths are cleared: the world brings its own files, and a path set on the command
+    line is then an error (experiments.build) rather than silently ignored."""
     c.data.source = "world"
     c.model.name = "world"
-    c.model.inner_params = list(inner_params)
+    c.model.inner_params = tuple(inner_params)
+    for key in ("path", "loc_path", "nq_path"):
+        if key in c.data:
+            c.data[key] = ""
 
 
 def world_schedule(c: ml_collections.ConfigDict, *, max_iters: int, log_interval: int, val_interval: int,

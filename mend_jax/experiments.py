@@ -7,6 +7,7 @@ import ml_collections
 import transformers
 
 from mend_jax import editors, models
+from mend_jax.config_checks import ConfigError
 from mend_jax.data import tfds_source
 from mend_jax.data.fever import FeverDataset, fever_path
 from mend_jax.data.gen import GenDataset, find_wikitext, load_self_sample, self_sample_path
@@ -35,6 +36,7 @@ def load_model_and_tokenizer(config: ml_collections.ConfigDict, model_dir: str, 
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}") from None
     module, params = models.load_pretrained(model_dir, dtype=dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    check_vocabulary(tokenizer, module.config, tokenizer_dir)
     tokenizer.padding_side = "right"
     if config.model.pad_token_fix and tokenizer.pad_token_id is None:
         module, params = models.add_pad_token(module, params, tokenizer)
@@ -74,6 +76,48 @@ def _tfds_passages(config, name: str, split: str, pct: float = 100.0):
         name, tfds_source.tfds_split(split, pct), data_dir=config.data.tfds_data_dir or None,
         max_passages=config.data.tfds_max_passages,
     )
+
+
+# Files from which transformers builds a tokenizer (any one of these sets).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json + merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_vocabulary(tokenizer, model_config, tokenizer_dir: str) -> None:
+    """Refuses a tokenizer that does not fit the model's embedding table.
+
+    transformers builds a tokenizer of a handful of special tokens when a directory has
+    no vocabulary files; a run on it trains on nonsense and ends at chance. A model's table
+    may be a little larger than its vocabulary (padded to a multiple of 64 or 128), never smaller.
+    """
+    n_tokens, table = len(tokenizer), getattr(model_config, "vocab_size", None)
+    slack = max(table // 100, min(128, table // 10)) if table else 0  # T5: 32,100 tokens, 32,128 rows
+    if table is None or table - slack <= n_tokens <= table:
+        return
+    present = sorted(os.listdir(tokenizer_dir)) if os.path.isdir(tokenizer_dir) else []
+    raise ConfigError(
+        f"the tokenizer of {tokenizer_dir!r} has {n_tokens} tokens but the model's embedding has {table} rows. "
+        f"A tokenizer needs one of: {', '.join(TOKENIZER_FILES)}; the directory holds: "
+        f"{', '.join(present) or 'no files'}. Copy the model's tokenizer files there, or set --config.model.tokenizer"
+    )
+
+
+def check_lengths(config, model_config) -> None:
+    """Every padded length the data produces must fit the model's position table: beyond it,
+    every batch is non-finite (or silently wrong) rather than an error."""
+    limit = max_positions(model_config)
+    if limit is None:
+        return
+    lengths = {"data.max_length": config.data.max_length}
+    if config.task == "gen" and config.data.loc_max_length > 0:
+        lengths["data.loc_max_length"] = config.data.loc_max_length
+    if config.task == "qa":
+        lengths["data.target_max_length"] = config.data.target_max_length
+    for key, length in lengths.items():
+        if length > limit:
+            raise ConfigError(
+                f"--config.{key}={length} is longer than the model's position table ({limit} positions, "
+                f"{config.model.name}); set it to at most {limit}"
+            )
 
 
 def max_positions(model_config) -> Optional[int]:
@@ -118,9 +162,13 @@ def gen_datasets(config, tokenizer, data_dir: str, train_loc: str, val_loc: str,
 
 def _target(config, module, params, shift_labels: bool) -> EditTarget:
     inner_names = tuple(config.model.inner_params)
+    try:
+        inner_paths = tuple(models.inner_param_paths(module, params, inner_names))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"--config.model.inner_params: {str(e).strip(chr(34))}") from e
     return EditTarget(
         module=module,
-        inner_paths=tuple(models.inner_param_paths(module, params, inner_names)),
+        inner_paths=inner_paths,
         inner_names=inner_names,
         shift_labels=shift_labels,
     )
@@ -144,6 +192,7 @@ def _build_gen(config):
         _require_dir(data_dir, "data.path", "gen")
         loc_files = (None, None) if _tfds_name(config) else locality_files(config.data.loc_path)
     module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
+    check_lengths(config, module.config)
     target = _target(config, module, params, shift_labels=True)
     train, val = gen_datasets(config, tokenizer, data_dir, *loc_files, locality_limit(config, module.config))
     return target, params, train, val, lambda m: m["perplexity/post"] - m["perplexity/pre"]
@@ -179,6 +228,7 @@ def _build_qa(config):
         data_dir, nq_dir = config.data.path, config.data.nq_path or config.data.path
         _require_dir(data_dir, "data.path", "qa")
     module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
+    check_lengths(config, module.config)
     model_type = module.config.model_type
     if model_type not in ("t5", "bart"):
         raise ValueError(f"the qa task edits seq2seq models (t5, bart), but {model_dir} is a {model_type!r} model")
@@ -210,6 +260,7 @@ def _build_fc(config):
         data_dir = config.data.path
         _require_dir(data_dir, "data.path", "fc")
     module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
+    check_lengths(config, module.config)
     cfg = module.config
     if cfg.model_type != "bert" or not has_classifier(cfg) or cfg.num_labels != 1:
         raise ValueError(
@@ -228,6 +279,19 @@ def _build_fc(config):
 TASKS = {"gen": _build_gen, "qa": _build_qa, "fc": _build_fc}
 
 
+def check_world_paths(config) -> None:
+    """A data path set on a world config would be ignored (the world brings its data): refuse it."""
+    if config.data.source != "world":
+        return
+    for key in ("path", "loc_path", "nq_path"):
+        if config.data.get(key):
+            raise ConfigError(
+                f"--config.data.{key}={config.data[key]!r} is set, but data.source is 'world', which uses the "
+                f"embedded world's data; add --config.data.source=files (and --config.model.name) to use your "
+                f"files, or drop --config.data.{key}"
+            )
+
+
 def build(config: ml_collections.ConfigDict) -> Experiment:
     if config.task not in TASKS:
         raise ValueError(f"task {config.task!r} is not implemented; available: {', '.join(TASKS)}")
@@ -237,6 +301,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         raise ValueError(f"data.source must be 'files' or 'world', got {config.data.source!r}")
     if not config.model.inner_params:
         raise ValueError("model.inner_params is empty: name the matrices to edit, e.g. transformer.h.5.mlp.c_fc.weight")
+    check_world_paths(config)
     target, params, train, val, drawdown = TASKS[config.task](config)
     editor = editors.make_editor(config, target, params)
     return Experiment(editor=editor, target=target, base_params=params, train_data=train, val_data=val,

@@ -7,6 +7,7 @@ and resumes from its latest checkpoint when started again with the same one.
 """
 import os
 import re
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,11 +22,42 @@ def default_workdir(config) -> str:
     return os.path.join("runs", f"{config.task}_{config.alg}_{model}")
 
 
+def fail(message: str, code: int = 2):
+    """One line on stderr instead of a traceback, for errors in what the user passed."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad --config.KEY as one line (ml_collections raises
+    AttributeError, KeyError or TypeError from deep inside the parser)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        name = str(e).strip("\"'")
+        culprit = next((a for a in argv[1:] if a.startswith("--config.") and name in a), None)
+        fail(f"{culprit or 'a --config override'}: {'unknown config key ' + repr(name) if culprit else e}")
+
+
+def make_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        fail(f"--workdir {workdir!r} is not writable: {e.strerror}")
+
+
 def run(config, workdir: str):
-    from mend_jax import config_lib, experiments
+    from mend_jax import config_checks, config_lib, experiments
     from mend_jax.trainer import Trainer
 
     config_lib.apply_alg_defaults(config)  # an unknown alg fails here, before any model is built
+    config_checks.validate(config, trains=config.alg != "ft")  # before any model is built
     experiment = experiments.build(config)
     return Trainer(config, experiment, workdir).run()
 
@@ -43,6 +75,11 @@ def summary_lines(results, task: str) -> list:
             f"locality {name} pre/post: "
             f"{r[f'{measure}/pre_val']:.3f} / {r[f'{measure}/post_val']:.3f} (drawdown {r['drawdown_val']:+.3f})"
         )
+    if results.get("steps_trained"):
+        lines.append(
+            f"batches skipped as non-finite: {results['n_skipped_batches']} of {results['steps_trained']}; "
+            f"editor kept from step {results['kept_step']}"
+        )
     lines.append(f"results: {results['results_path']}")
     return lines
 
@@ -53,11 +90,21 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)
-    os.makedirs(workdir, exist_ok=True)
+    make_workdir(workdir)
     print(f"workdir: {os.path.abspath(workdir)}")
-    results = run(config, workdir)
+    from mend_jax.checkpointing import CheckpointError
+    from mend_jax.config_checks import ConfigError
+    from mend_jax.data.io import DataFormatError, DataNotFoundError
+    from mend_jax.trainer import TrainingDiverged
+
+    try:
+        results = run(config, workdir)
+    except (ConfigError, DataFormatError, DataNotFoundError) as e:
+        fail(str(e))
+    except (TrainingDiverged, CheckpointError) as e:
+        fail(str(e), code=1)
     print("\n".join(summary_lines(results, config.task)))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

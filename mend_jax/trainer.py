@@ -15,13 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm.auto import tqdm
-
-from mend_jax import config_lib, meta
+from mend_jax import config_checks, config_lib, meta
 from mend_jax.checkpointing import BEST_METRIC, Checkpointer
 from mend_jax.data.batching import stack_batches
 from mend_jax.editors.base import needs_training
 from mend_jax.metric_log import MetricLog, with_suffix
+from mend_jax.progress import progress as progress_bar
 
 
 @flax.struct.dataclass
@@ -58,6 +57,29 @@ def applies_update(step: int, accumulate_bs: int) -> bool:
     return step > 0 and step % accumulate_bs == 0
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite batches in one accumulation window."""
+
+
+class DivergenceCheck:
+    """Stops a run whose accumulation window is mostly non-finite batches, which the
+    step would otherwise skip on, reporting a run that never trained."""
+
+    def __init__(self, max_fraction: float, n_skipped: int, step: int):
+        self.max_fraction, self.n_skipped, self.first_step = max_fraction, n_skipped, step
+
+    def check(self, n_skipped: int, step: int) -> None:
+        """`n_skipped`: the run's count after batch `step`, which closes a window."""
+        skipped, size = n_skipped - self.n_skipped, step + 1 - self.first_step
+        if size > 0 and skipped / size > self.max_fraction:
+            raise TrainingDiverged(
+                f"the run has diverged: {skipped} of the {size} batches of steps {self.first_step}-{step} had a "
+                f"non-finite loss or gradient (more than max_skipped_fraction={self.max_fraction}). The last "
+                "checkpoint is kept; lower --config.lr, or raise --config.max_skipped_fraction to skip on"
+            )
+        self.n_skipped, self.first_step = n_skipped, step + 1
+
+
 def _all_finite(tree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves] + [jnp.array(True)]))
@@ -84,12 +106,13 @@ class Experiment:
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, experiment: Experiment, workdir: str):
         self.config = config_lib.apply_alg_defaults(config)
+        self.trains = needs_training(experiment.editor)  # fine-tuning baselines go straight to evaluation
+        config_checks.validate(self.config, trains=self.trains)
         self.exp = experiment
         self.workdir = workdir
         self.coef = meta.Coefficients(
             edit=config.c_edit, loc=config.c_loc, base=config.c_base, base_in_gradient=config.c_base_in_gradient
         )
-        self.trains = needs_training(experiment.editor)  # fine-tuning baselines go straight to evaluation
         if hasattr(experiment.editor, "bind_data"):
             experiment.editor.bind_data(experiment.train_data)
         self._build_functions()
@@ -167,7 +190,7 @@ class Trainer:
         n = n_total if n_batches is None or n_batches < 0 else min(n_batches, n_total)
         chunk = max(1, min(self.config.eval_chunk, n))
         pieces = []
-        bar = tqdm(total=n, desc="eval", leave=False, disable=not progress)
+        bar = progress_bar(n, "eval", enabled=progress)
         start = time.perf_counter()
         for lo in range(0, n, chunk):
             idx = [min(i, n - 1) for i in range(lo, lo + chunk)]  # pad the last chunk to a static shape
@@ -202,7 +225,9 @@ class Trainer:
     def run(self) -> Dict[str, Any]:
         cfg = self.config
         log = MetricLog(self.workdir)
+        config_checks.check_resume(self.workdir, cfg)  # before anything is written
         ckpt = Checkpointer(self.workdir, async_save=cfg.async_checkpointing)
+        config_checks.save(self.workdir, cfg)
         state = self.init_state()
         restored = ckpt.restore(state, "latest")
         if restored is not None:
@@ -218,7 +243,9 @@ class Trainer:
                 "results": with_suffix(metrics, "_val"),
                 "step": int(final_state.step),
                 "kept_step": int(final_state.best_step),  # the validation step of the evaluated editor
-                "n_skipped_batches": int(final_state.n_skipped),
+                "steps_trained": int(state.step),
+                # The run's own count (the kept editor's checkpoint holds the count at its step).
+                "n_skipped_batches": int(state.n_skipped),
                 "config": cfg.to_dict(),
             }
             results["results_path"] = log.write_results(results)
@@ -249,13 +276,15 @@ class Trainer:
     def _train(self, state: TrainState, ckpt: Checkpointer, log: MetricLog) -> TrainState:
         cfg = self.config
         step = start = int(state.step)  # tracked on the host so the loop never waits on the device
-        bar = tqdm(total=cfg.max_iters, initial=step, desc="meta-train", dynamic_ncols=True)
+        bar = progress_bar(cfg.max_iters, "meta-train", initial=step)
         postfix: Dict[str, str] = {}
         recent, validated, stopped = [], None, False
+        window = DivergenceCheck(cfg.max_skipped_fraction, int(state.n_skipped), step)
         while step < cfg.max_iters:
             batch = self.exp.train_data.train_batch(step)
             state, sums = self._grad_step(state, self.exp.base_params, batch)
             if applies_update(step, cfg.accumulate_bs):
+                window.check(int(jax.device_get(state.n_skipped)), step)
                 state = self._apply_step(state)
             recent.append(sums)
             if step % cfg.log_interval == 0:

@@ -22,3 +22,18 @@ def model():
 
     module, params = tiny.tiny_gpt2()
     return module, params, tiny.gpt2_target(module, params)
+
+
+@pytest.fixture(scope="module")
+def gen_config(tmp_path_factory):
+    """A tiny random GPT-2 with gen data in the published layout, and its config (tests/tiny.py)."""
+    from tests import tiny
+
+    return tiny.write_gen_experiment(str(tmp_path_factory.mktemp("gen_exp")))
+
+
+@pytest.fixture(scope="module")
+def experiment(gen_config):
+    from mend_jax import experiments
+
+    return experiments.build(gen_config)

@@ -13,11 +13,6 @@ from tests import tiny
 
 
 
-@pytest.fixture(scope="module")
-def gen_config(tmp_path_factory):
-    return tiny.write_gen_experiment(str(tmp_path_factory.mktemp("gen_exp")))
-
-
 def config_for(gen_config, alg, **overrides):
     c = gen_config.copy_and_resolve_references()
     c.alg = alg

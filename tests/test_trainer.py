@@ -9,21 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from mend_jax import experiments
 from mend_jax.trainer import Trainer
 from tests import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def gen_config(tmp_path_factory):
-    return tiny.write_gen_experiment(str(tmp_path_factory.mktemp("gen_exp")))
-
-
-@pytest.fixture(scope="module")
-def experiment(gen_config):
-    return experiments.build(gen_config)
 
 
 def test_vmapped_validation_equals_one_by_one(gen_config, experiment, tmp_path):

@@ -57,11 +57,20 @@ def parse_zsre_row(obj: Dict, where: str) -> Optional[QaRow]:
     question = get_field(obj, "input", str, where)
     prediction = get_field(obj, "prediction", str, where)
     alternatives = get_strings(obj, "alternatives", where)
-    rephrases = [r for r in get_strings(obj, "filtered_rephrases", where) if r != question]
+    all_rephrases = get_strings(obj, "filtered_rephrases", where)
+    rephrases = [r for r in all_rephrases if r != question]
     answer = get_answer(obj, where)
     empty = next((i for i, a in enumerate(alternatives) if not a.strip()), None)
     if empty is not None:
         raise DataFormatError(f"{where}: 'alternatives'[{empty}] is empty; an edit needs a non-empty new answer")
+    # An empty question, rephrase or answer would train and score on a bare template.
+    if not question.strip():
+        raise DataFormatError(f"{where}: 'input' is empty; an edit needs a non-empty question")
+    empty = next((i for i, r in enumerate(all_rephrases) if not r.strip()), None)
+    if empty is not None:
+        raise DataFormatError(f"{where}: 'filtered_rephrases'[{empty}] is empty; a rephrase must be a non-empty question")
+    if not answer.strip():
+        raise DataFormatError(f"{where}: 'output[0].answer' is empty; a locality answer must be non-empty")
     if not alternatives or not rephrases:
         return None
     return QaRow(question, prediction, tuple(alternatives), tuple(rephrases), answer)

@@ -97,7 +97,7 @@ def resolve_names(family: Family, params: Any, names: Iterable[str]) -> List[Pat
         for name, path in table.items():
             if name.startswith(family.base_prefix):
                 lookup.setdefault(name[len(family.base_prefix):], path)
-    paths = []
+    paths, named = [], {}
     for name in names:
         if name not in lookup:
             close = difflib.get_close_matches(name, list(table), n=5, cutoff=0.5)
@@ -105,8 +105,24 @@ def resolve_names(family: Family, params: Any, names: Iterable[str]) -> List[Pat
                 f"inner param {name!r} is not in the {family.model_type} model. "
                 f"Closest names: {close or sorted(table)[:5]}"
             )
-        paths.append(lookup[name])
+        path = lookup[name]
+        if path in named:
+            raise ValueError(f"inner param {name!r} names the same matrix as {named[path]!r}: list each matrix once")
+        shape = _leaf(params, path).shape
+        if len(shape) != 2:
+            raise ValueError(
+                f"inner param {name!r} has shape {tuple(shape)}: the editors edit weight matrices (2-D), "
+                "not biases or layer-norm parameters; name a Linear/Conv1D '.weight'"
+            )
+        named[path] = name
+        paths.append(path)
     return paths
+
+
+def _leaf(tree: Any, path: Path):
+    for key in path:
+        tree = tree[key]
+    return tree
 
 
 def _unfreeze(tree):

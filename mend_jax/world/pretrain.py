@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import transformers
-from tqdm.auto import tqdm
 
 from mend_jax.models import build_module, init_params
+from mend_jax.progress import progress as progress_bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +136,7 @@ def pretrain(
 
     np_rng = np.random.default_rng(cfg.seed)
     accuracy, steps = 0.0, 0
-    bar = tqdm(total=cfg.max_steps, desc="pretraining the world's GPT-2", disable=not progress)
+    bar = progress_bar(cfg.max_steps, "pretraining the world's GPT-2", enabled=progress)
     for steps in range(1, cfg.max_steps + 1):
         s = np_rng.choice(len(sent_ids), min(cfg.sentence_batch, len(sent_ids)), replace=False)
         p = np_rng.choice(len(pass_ids), cfg.passage_batch, replace=len(pass_ids) < cfg.passage_batch)

@@ -20,8 +20,8 @@ import numpy as np
 import optax
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from tqdm.auto import tqdm
 
+from mend_jax.progress import progress as progress_bar
 from mend_jax.world import cache as world_cache
 from mend_jax.world import formats
 from mend_jax.world.facts import WorldConfig, generate_world
@@ -93,7 +93,7 @@ def fit(params, loss_fn: Callable, accuracy_fn: Callable, n_examples: int, batch
 
     rng = np.random.default_rng(cfg.seed)
     accuracy, steps = 0.0, 0
-    bar = tqdm(total=cfg.max_steps, desc=desc, disable=not progress)
+    bar = progress_bar(cfg.max_steps, desc, enabled=progress)
     for steps in range(1, cfg.max_steps + 1):
         idx = rng.choice(n_examples, min(cfg.batch_size, n_examples), replace=False)
         params, opt_state, loss = step(params, opt_state, batch_fn(idx))
