@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 from mend_jax import config_checks, config_lib, meta
-from mend_jax.checkpointing import BEST_METRIC, Checkpointer
+from mend_jax.checkpointing import BEST_METRIC, Checkpointer, check_free_space, state_bytes
 from mend_jax.data.batching import stack_batches
 from mend_jax.editors.base import needs_training
 from mend_jax.metric_log import MetricLog, with_suffix
@@ -229,6 +229,8 @@ class Trainer:
         ckpt = Checkpointer(self.workdir, async_save=cfg.async_checkpointing)
         config_checks.save(self.workdir, cfg)
         state = self.init_state()
+        if self.trains and not cfg.eval_only:
+            check_free_space(ckpt.root, state_bytes(state))  # fail now, not at the first save
         restored = ckpt.restore(state, "latest")
         if restored is not None:
             state = restored

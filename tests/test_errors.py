@@ -240,3 +240,10 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeyp
     ckpt = Checkpointer(str(tmp_path), async_save=False)
     np.testing.assert_array_equal(ckpt.restore({"w": np.zeros((3,), np.float32)})["w"], np.full((3,), 2.0))
     ckpt.close()
+
+
+def test_a_full_disk_stops_a_run_before_it_trains(gen_config, experiment, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=10))
+    with pytest.raises(CheckpointError, match="not enough disk space"):
+        Trainer(gen_config, experiment, str(tmp_path)).run()
+    assert not (tmp_path / "checkpoints" / "latest").exists() or not any((tmp_path / "checkpoints" / "latest").iterdir())
