@@ -36,9 +36,9 @@ def load_model_and_tokenizer(config: ml_collections.ConfigDict, model_dir: str, 
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}") from None
     module, params = models.load_pretrained(model_dir, dtype=dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    check_vocabulary(tokenizer, module.config, tokenizer_dir)
     tokenizer.padding_side = "right"
     if config.model.pad_token_fix and tokenizer.pad_token_id is None:
+        check_vocabulary(tokenizer, module.config, tokenizer_dir)  # before both grow by a [PAD] row
         module, params = models.add_pad_token(module, params, tokenizer)
     return module, params, tokenizer
 
@@ -94,11 +94,21 @@ def check_vocabulary(tokenizer, model_config, tokenizer_dir: str) -> None:
     if table is None or table - slack <= n_tokens <= table:
         return
     present = sorted(os.listdir(tokenizer_dir)) if os.path.isdir(tokenizer_dir) else []
+    has_vocabulary = any(name in present for name in ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model",
+                                                       "sentencepiece.bpe.model"))
+    advice = ("the tokenizer is another model's: point --config.model.tokenizer at the model's own" if has_vocabulary
+              else f"a tokenizer needs one of {', '.join(TOKENIZER_FILES)}: copy the model's tokenizer files "
+                   "there, or set --config.model.tokenizer")
     raise ConfigError(
-        f"the tokenizer of {tokenizer_dir!r} has {n_tokens} tokens but the model's embedding has {table} rows. "
-        f"A tokenizer needs one of: {', '.join(TOKENIZER_FILES)}; the directory holds: "
-        f"{', '.join(present) or 'no files'}. Copy the model's tokenizer files there, or set --config.model.tokenizer"
+        f"the tokenizer of {tokenizer_dir!r} has {n_tokens} tokens but the model's embedding has {table} rows; "
+        f"the directory holds {', '.join(present) or 'no files'}, so {advice}"
     )
+
+
+def check_model_inputs(config, module, tokenizer, tokenizer_dir: str) -> None:
+    """The tokenizer fits the embedding and every padded length fits the position table."""
+    check_vocabulary(tokenizer, module.config, tokenizer_dir)
+    check_lengths(config, module.config)
 
 
 def check_lengths(config, model_config) -> None:
@@ -192,7 +202,7 @@ def _build_gen(config):
         _require_dir(data_dir, "data.path", "gen")
         loc_files = (None, None) if _tfds_name(config) else locality_files(config.data.loc_path)
     module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
-    check_lengths(config, module.config)
+    check_model_inputs(config, module, tokenizer, tokenizer_dir)
     target = _target(config, module, params, shift_labels=True)
     train, val = gen_datasets(config, tokenizer, data_dir, *loc_files, locality_limit(config, module.config))
     return target, params, train, val, lambda m: m["perplexity/post"] - m["perplexity/pre"]
@@ -228,10 +238,10 @@ def _build_qa(config):
         data_dir, nq_dir = config.data.path, config.data.nq_path or config.data.path
         _require_dir(data_dir, "data.path", "qa")
     module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
-    check_lengths(config, module.config)
     model_type = module.config.model_type
     if model_type not in ("t5", "bart"):
         raise ValueError(f"the qa task edits seq2seq models (t5, bart), but {model_dir} is a {model_type!r} model")
+    check_model_inputs(config, module, tokenizer, tokenizer_dir)
     style = "bart" if model_type == "bart" else "t5"
     encoder = Seq2SeqEncoder(
         tokenizer, style=style, max_length=config.data.max_length, target_max_length=config.data.target_max_length,
@@ -260,7 +270,6 @@ def _build_fc(config):
         data_dir = config.data.path
         _require_dir(data_dir, "data.path", "fc")
     module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
-    check_lengths(config, module.config)
     cfg = module.config
     if cfg.model_type != "bert" or not has_classifier(cfg) or cfg.num_labels != 1:
         raise ValueError(
@@ -268,6 +277,7 @@ def _build_fc(config):
             + (f" with num_labels={cfg.num_labels}" if cfg.model_type == "bert" else "")
             + "; convert the reference's FC_model.ckpt with python -m mend_jax.convert_lightning (--model-type bert)"
         )
+    check_model_inputs(config, module, tokenizer, tokenizer_dir)
     common = dict(max_length=config.data.max_length, n_edits=config.data.n_edits, seed=config.seed)
     train, val = (
         FeverDataset.from_files(fever_path(data_dir, split), tokenizer, n_loc=size - config.data.n_edits, **common)

@@ -48,8 +48,13 @@ def test_a_model_directory_without_tokenizer_files_is_refused(gen_config, tmp_pa
     module, params = tiny.tiny_gpt2(vocab=300)
     models.save_pretrained(module, params, model_dir)
     cfg = gen_config.copy_and_resolve_references()
-    with pytest.raises(ConfigError, match=r"has \d+ tokens but the model's embedding has 300 rows.*config\.json"):
+    expected = r"has \d+ tokens but the model's embedding has 300 rows; .*holds config\.json, model\.safetensors, so a tokenizer needs one of"
+    with pytest.raises(ConfigError, match=expected):  # gen: before the [PAD] row is added
         experiments.load_model_and_tokenizer(cfg, model_dir, model_dir)
+    cfg.model.pad_token_fix = False
+    module, _, tokenizer = experiments.load_model_and_tokenizer(cfg, model_dir, model_dir)
+    with pytest.raises(ConfigError, match=expected):  # every task, once the model type is known to fit
+        experiments.check_model_inputs(cfg, module, tokenizer, model_dir)
 
 
 def test_a_data_path_on_a_world_config_is_an_error_not_ignored():
