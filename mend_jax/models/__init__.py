@@ -2,13 +2,13 @@
 from mend_jax.models.api import (
     add_pad_token,
     build_module,
-    get_path,
     init_params,
     inner_param_paths,
     load_pretrained,
     save_pretrained,
 )
 from mend_jax.models.checkpoint_io import CheckpointError
+from mend_jax.models.convert import get_path
 from mend_jax.models.factors import inner_factors
 from mend_jax.models.registry import known_model_types
 

@@ -82,12 +82,6 @@ def inner_param_paths(module: nn.Module, params: Dict, names: Sequence[str]) -> 
     return convert.resolve_names(family_of(module), params, names)
 
 
-def get_path(tree: Dict, path: Path):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
 def add_pad_token(module: nn.Module, params: Dict, tokenizer=None) -> Tuple[nn.Module, Dict]:
     """The reference's GPT-2 fix: add '[PAD]' and grow the embedding by one mean row."""
     cfg = module.config.__class__.from_dict(module.config.to_dict())

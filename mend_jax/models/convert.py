@@ -108,7 +108,7 @@ def resolve_names(family: Family, params: Any, names: Iterable[str]) -> List[Pat
         path = lookup[name]
         if path in named:
             raise ValueError(f"inner param {name!r} names the same matrix as {named[path]!r}: list each matrix once")
-        shape = _leaf(params, path).shape
+        shape = get_path(params, path).shape
         if len(shape) != 2:
             raise ValueError(
                 f"inner param {name!r} has shape {tuple(shape)}: the editors edit weight matrices (2-D), "
@@ -119,7 +119,8 @@ def resolve_names(family: Family, params: Any, names: Iterable[str]) -> List[Pat
     return paths
 
 
-def _leaf(tree: Any, path: Path):
+def get_path(tree: Any, path: Path):
+    """The leaf of `tree` at `path`."""
     for key in path:
         tree = tree[key]
     return tree
