@@ -128,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
             loc_source="",
             tfds_data_dir="",  # e.g. gs://BUCKET/tensorflow_datasets on a TPU VM
             tfds_max_passages=100_000,  # gen: paragraphs kept per split
+            n_valid_cases=2000,  # counterfact from one release file: its first cases validate
         )
     )
     c.mend = mend_defaults()

@@ -1,6 +1,7 @@
 """Builds an `Experiment` (model, editor, data) from a config, for the tasks gen, qa and fc."""
+import dataclasses
 import os
-from typing import Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax.numpy as jnp
 import ml_collections
@@ -8,9 +9,10 @@ import transformers
 
 from mend_jax import editors, models
 from mend_jax.config_checks import ConfigError
-from mend_jax.data import tfds_source
+from mend_jax.data import counterfact, tfds_source
 from mend_jax.data.fever import FeverDataset, fever_path
 from mend_jax.data.gen import GenDataset, find_wikitext, load_self_sample, self_sample_path
+from mend_jax.data.io import DataNotFoundError
 from mend_jax.data.nq import QaPairs, load_nq, nq_path
 from mend_jax.data.zsre import SHIFT_LABELS, Seq2SeqEncoder, ZsreDataset, zsre_path
 from mend_jax.editors.base import EditTarget
@@ -45,7 +47,7 @@ def load_model_and_tokenizer(config: ml_collections.ConfigDict, model_dir: str, 
 
 # The config keys that point at each task's data.
 DATA_KEYS = {"gen": "--config.data.path / --config.data.loc_path", "qa": "--config.data.path / --config.data.nq_path",
-             "fc": "--config.data.path"}
+             "fc": "--config.data.path", "counterfact": "--config.data.path"}
 
 
 def _missing_data_hint(what: str, task: str = "gen") -> str:
@@ -193,19 +195,47 @@ def _require_dir(path: str, what: str, task: str) -> None:
         raise FileNotFoundError(_missing_data_hint(f"{what} {path!r} does not exist.", task))
 
 
-def _build_gen(config):
+@dataclasses.dataclass
+class TaskModel:
+    """The model an experiment edits, with what its task needs to encode edits for it."""
+
+    task: str
+    target: EditTarget
+    params: Any
+    tokenizer: Any
+    encoder: Optional[Seq2SeqEncoder] = None  # qa: questions and answers for T5 or BART
+
+
+# Each task resolves where its model (and, with with_data, its data) lie, loads the model,
+# then builds its data sets. Data paths are checked before the model loads, so a missing
+# download fails at once.
+
+def _gen_sources(config, with_data: bool) -> Dict[str, Any]:
     if config.data.source == "world":
         model_dir, tokenizer_dir, data_dir, loc_files = _resolve_world()
-    else:
-        model_dir, tokenizer_dir = _files_model(config)
-        data_dir = config.data.path
-        _require_dir(data_dir, "data.path", "gen")
+        return {"model": model_dir, "tokenizer": tokenizer_dir, "data": data_dir, "loc_files": loc_files}
+    model_dir, tokenizer_dir = _files_model(config)
+    sources = {"model": model_dir, "tokenizer": tokenizer_dir}
+    if with_data:
+        _require_dir(config.data.path, "data.path", "gen")
         loc_files = (None, None) if _tfds_name(config) else locality_files(config.data.loc_path)
-    module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
-    check_model_inputs(config, module, tokenizer, tokenizer_dir)
-    target = _target(config, module, params, shift_labels=True)
-    train, val = gen_datasets(config, tokenizer, data_dir, *loc_files, locality_limit(config, module.config))
-    return target, params, train, val, lambda m: m["perplexity/post"] - m["perplexity/pre"]
+        sources.update(data=config.data.path, loc_files=loc_files)
+    return sources
+
+
+def _gen_model(config, sources) -> TaskModel:
+    module, params, tokenizer = load_model_and_tokenizer(config, sources["model"], sources["tokenizer"])
+    check_model_inputs(config, module, tokenizer, sources["tokenizer"])
+    return TaskModel("gen", _target(config, module, params, shift_labels=True), params, tokenizer)
+
+
+def _gen_data(config, model: TaskModel, sources):
+    limit = locality_limit(config, model.target.module.config)
+    return gen_datasets(config, model.tokenizer, sources["data"], *sources["loc_files"], limit)
+
+
+def _gen_drawdown(m):
+    return m["perplexity/post"] - m["perplexity/pre"]
 
 
 def _accuracy_drawdown(m):
@@ -226,67 +256,130 @@ def qa_locality(config, nq_dir: str, split: str) -> Optional[QaPairs]:
     return load_nq(nq_path(nq_dir, split))
 
 
-def _build_qa(config):
+def _task_world_sources(ensure) -> Dict[str, Any]:
+    world = ensure()
+    return {"model": world.model_dir, "tokenizer": world.model_dir, "data": world.data_dir, "nq": world.data_dir}
+
+
+def _files_sources(config, task: str, with_data: bool) -> Dict[str, Any]:
+    model_dir, tokenizer_dir = _files_model(config)
+    sources = {"model": model_dir, "tokenizer": tokenizer_dir}
+    if with_data:
+        _require_dir(config.data.path, "data.path", task)
+        sources.update(data=config.data.path, nq=config.data.get("nq_path") or config.data.path)
+    return sources
+
+
+def _qa_sources(config, with_data: bool) -> Dict[str, Any]:
     if config.data.source == "world":
         from mend_jax.world.task_models import ensure_qa_world
 
-        world = ensure_qa_world()
-        model_dir = tokenizer_dir = world.model_dir
-        data_dir = nq_dir = world.data_dir
-    else:
-        model_dir, tokenizer_dir = _files_model(config)
-        data_dir, nq_dir = config.data.path, config.data.nq_path or config.data.path
-        _require_dir(data_dir, "data.path", "qa")
-    module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
+        return _task_world_sources(ensure_qa_world)
+    return _files_sources(config, "qa", with_data)
+
+
+def _qa_model(config, sources) -> TaskModel:
+    module, params, tokenizer = load_model_and_tokenizer(config, sources["model"], sources["tokenizer"])
     model_type = module.config.model_type
     if model_type not in ("t5", "bart"):
-        raise ValueError(f"the qa task edits seq2seq models (t5, bart), but {model_dir} is a {model_type!r} model")
-    check_model_inputs(config, module, tokenizer, tokenizer_dir)
+        raise ValueError(
+            f"the qa task edits seq2seq models (t5, bart), but {sources['model']} is a {model_type!r} model"
+        )
+    check_model_inputs(config, module, tokenizer, sources["tokenizer"])
     style = "bart" if model_type == "bart" else "t5"
     encoder = Seq2SeqEncoder(
         tokenizer, style=style, max_length=config.data.max_length, target_max_length=config.data.target_max_length,
         decoder_start_token_id=getattr(module.config, "decoder_start_token_id", None),
     )
+    target = _target(config, module, params, SHIFT_LABELS[style])
+    return TaskModel("qa", target, params, tokenizer, encoder=encoder)
+
+
+def _qa_data(config, model: TaskModel, sources):
     common = dict(n_edits=config.data.n_edits, seed=config.seed, loc_pool=config.data.loc_pool)
-    train, val = (
-        ZsreDataset.from_files(zsre_path(data_dir, split), encoder, nq=qa_locality(config, nq_dir, split),
-                               n_loc=size - config.data.n_edits, **common)
+    return tuple(
+        ZsreDataset.from_files(zsre_path(sources["data"], split), model.encoder,
+                               nq=qa_locality(config, sources["nq"], split), n_loc=size - config.data.n_edits,
+                               **common)
         for split, size in (("train", config.batch_size), ("valid", config.val_batch_size))
     )
-    return _target(config, module, params, SHIFT_LABELS[style]), params, train, val, _accuracy_drawdown
 
 
-def _build_fc(config):
+def _fc_sources(config, with_data: bool) -> Dict[str, Any]:
     if _tfds_name(config):
         raise ValueError("data.loc_source does not apply to fc: its locality examples are other FEVER claims")
     if config.data.source == "world":
         from mend_jax.world.task_models import ensure_fc_world
 
-        world = ensure_fc_world()
-        model_dir = tokenizer_dir = world.model_dir
-        data_dir = world.data_dir
-    else:
-        model_dir, tokenizer_dir = _files_model(config)
-        data_dir = config.data.path
-        _require_dir(data_dir, "data.path", "fc")
-    module, params, tokenizer = load_model_and_tokenizer(config, model_dir, tokenizer_dir)
+        return _task_world_sources(ensure_fc_world)
+    return _files_sources(config, "fc", with_data)
+
+
+def _fc_model(config, sources) -> TaskModel:
+    module, params, tokenizer = load_model_and_tokenizer(config, sources["model"], sources["tokenizer"])
     cfg = module.config
     if cfg.model_type != "bert" or not has_classifier(cfg) or cfg.num_labels != 1:
         raise ValueError(
-            f"the fc task edits a BERT classifier with one logit, but {model_dir} is a {cfg.model_type!r} model"
-            + (f" with num_labels={cfg.num_labels}" if cfg.model_type == "bert" else "")
+            f"the fc task edits a BERT classifier with one logit, but {sources['model']} is a {cfg.model_type!r} "
+            "model" + (f" with num_labels={cfg.num_labels}" if cfg.model_type == "bert" else "")
             + "; convert the reference's FC_model.ckpt with python -m mend_jax.convert_lightning (--model-type bert)"
         )
-    check_model_inputs(config, module, tokenizer, tokenizer_dir)
+    check_model_inputs(config, module, tokenizer, sources["tokenizer"])
+    return TaskModel("fc", _target(config, module, params, shift_labels=False), params, tokenizer)
+
+
+def _fc_data(config, model: TaskModel, sources):
     common = dict(max_length=config.data.max_length, n_edits=config.data.n_edits, seed=config.seed)
-    train, val = (
-        FeverDataset.from_files(fever_path(data_dir, split), tokenizer, n_loc=size - config.data.n_edits, **common)
+    return tuple(
+        FeverDataset.from_files(fever_path(sources["data"], split), model.tokenizer,
+                                n_loc=size - config.data.n_edits, **common)
         for split, size in (("train", config.batch_size), ("valid", config.val_batch_size))
     )
-    return _target(config, module, params, shift_labels=False), params, train, val, _accuracy_drawdown
 
 
-TASKS = {"gen": _build_gen, "qa": _build_qa, "fc": _build_fc}
+def _counterfact_sources(config, with_data: bool) -> Dict[str, Any]:
+    if config.data.source == "world":
+        from mend_jax.world import ensure_counterfact, ensure_world
+
+        model_dir = ensure_world().model_dir
+        return {"model": model_dir, "tokenizer": model_dir, "data": ensure_counterfact()}
+    model_dir, tokenizer_dir = _files_model(config)
+    sources = {"model": model_dir, "tokenizer": tokenizer_dir}
+    if with_data:
+        if not os.path.exists(config.data.path):
+            raise DataNotFoundError(f"data.path {config.data.path!r} does not exist. {counterfact.COUNTERFACT_HINT}. "
+                                    "To run with no download: python -m mend_jax.train --config=configs/counterfact.py")
+        sources["data"] = config.data.path
+    return sources
+
+
+def _counterfact_model(config, sources) -> TaskModel:
+    return dataclasses.replace(_gen_model(config, sources), task="counterfact")
+
+
+def _counterfact_data(config, model: TaskModel, sources):
+    splits = counterfact.load_splits(sources["data"], config.data.n_valid_cases)
+    return tuple(
+        counterfact.CounterFactDataset(cases, model.tokenizer, max_length=config.data.max_length,
+                                       n_edits=config.data.n_edits, n_loc=size - config.data.n_edits,
+                                       seed=config.seed, source=f"{sources['data']} ({split})")
+        for cases, split, size in zip(splits, ("train", "valid"), (config.batch_size, config.val_batch_size))
+    )
+
+
+class _Task(NamedTuple):
+    sources: Callable  # (config, with_data) -> where the model and data lie
+    model: Callable  # (config, sources) -> TaskModel
+    data: Callable  # (config, TaskModel, sources) -> (train, valid)
+    drawdown: Callable  # validation metrics -> the task's drawdown
+
+
+TASKS = {
+    "gen": _Task(_gen_sources, _gen_model, _gen_data, _gen_drawdown),
+    "qa": _Task(_qa_sources, _qa_model, _qa_data, _accuracy_drawdown),
+    "fc": _Task(_fc_sources, _fc_model, _fc_data, _accuracy_drawdown),
+    "counterfact": _Task(_counterfact_sources, _counterfact_model, _counterfact_data, _accuracy_drawdown),
+}
 
 
 def check_world_paths(config) -> None:
@@ -302,7 +395,8 @@ def check_world_paths(config) -> None:
             )
 
 
-def build(config: ml_collections.ConfigDict) -> Experiment:
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """The checks every experiment passes before a model is loaded."""
     if config.task not in TASKS:
         raise ValueError(f"task {config.task!r} is not implemented; available: {', '.join(TASKS)}")
     if config.batch_size <= config.data.n_edits or config.val_batch_size <= config.data.n_edits:
@@ -312,7 +406,21 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     if not config.model.inner_params:
         raise ValueError("model.inner_params is empty: name the matrices to edit, e.g. transformer.h.5.mlp.c_fc.weight")
     check_world_paths(config)
-    target, params, train, val, drawdown = TASKS[config.task](config)
-    editor = editors.make_editor(config, target, params)
-    return Experiment(editor=editor, target=target, base_params=params, train_data=train, val_data=val,
-                      drawdown=drawdown)
+
+
+def build_model(config: ml_collections.ConfigDict) -> TaskModel:
+    """The model, tokenizer and edit target of `config`, without its data sets (for editing)."""
+    check_config(config)
+    task = TASKS[config.task]
+    return task.model(config, task.sources(config, with_data=False))
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    check_config(config)
+    task = TASKS[config.task]
+    sources = task.sources(config, with_data=True)
+    model = task.model(config, sources)
+    train, val = task.data(config, model, sources)
+    editor = editors.make_editor(config, model.target, model.params)
+    return Experiment(editor=editor, target=model.target, base_params=model.params, train_data=train, val_data=val,
+                      drawdown=task.drawdown)

@@ -6,8 +6,9 @@ The jitted pieces are pure functions of one train-state pytree:
 batches, and `evaluate` scores many single edits at once with vmap.
 """
 import dataclasses
+import os
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
 import jax
@@ -18,6 +19,7 @@ import optax
 from mend_jax import config_checks, config_lib, meta
 from mend_jax.checkpointing import BEST_METRIC, Checkpointer, check_free_space, state_bytes
 from mend_jax.data.batching import stack_batches
+from mend_jax.editing.editor_files import EDITOR_DIR, save_editor
 from mend_jax.editors.base import needs_training
 from mend_jax.metric_log import MetricLog, with_suffix
 from mend_jax.progress import progress as progress_bar
@@ -89,6 +91,27 @@ def _committed(tree):
     """Arrays committed to the device, as restored checkpoints are, so that the jitted
     functions compile once for both (jit's cache keys on committed shardings)."""
     return jax.device_put(tree, jax.devices()[0])
+
+
+def initial_state(config: ml_collections.ConfigDict, editor, base_params) -> Tuple[TrainState, Any]:
+    """(the train state before the first step, its optimizer): also the structure that a
+    checkpoint restores into."""
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, rng = jax.random.split(rng)
+    params, stats = editor.init(init_rng, base_params)
+    optimizer = make_optimizer(config, editor.param_labels(params))
+    state = TrainState(
+        params=params,
+        stats=stats,
+        opt_state=optimizer.init(params),
+        grad_acc=jax.tree_util.tree_map(jnp.zeros_like, params),
+        step=jnp.zeros((), jnp.int32),
+        n_skipped=jnp.zeros((), jnp.int32),
+        rng=rng,
+        best_val=jnp.array(np.inf, jnp.float32),
+        best_step=jnp.zeros((), jnp.int32),
+    )
+    return _committed(state), optimizer
 
 
 @dataclasses.dataclass
@@ -165,22 +188,8 @@ class Trainer:
         self._edit_only = jax.jit(edit_only)
 
     def init_state(self) -> TrainState:
-        rng = jax.random.PRNGKey(self.config.seed)
-        init_rng, rng = jax.random.split(rng)
-        params, stats = self.exp.editor.init(init_rng, self.exp.base_params)
-        self.optimizer = make_optimizer(self.config, self.exp.editor.param_labels(params))
-        state = TrainState(
-            params=params,
-            stats=stats,
-            opt_state=self.optimizer.init(params),
-            grad_acc=jax.tree_util.tree_map(jnp.zeros_like, params),
-            step=jnp.zeros((), jnp.int32),
-            n_skipped=jnp.zeros((), jnp.int32),
-            rng=rng,
-            best_val=jnp.array(np.inf, jnp.float32),
-            best_step=jnp.zeros((), jnp.int32),
-        )
-        return _committed(state)
+        state, self.optimizer = initial_state(self.config, self.exp.editor, self.exp.base_params)
+        return state
 
     # ----- evaluation -------------------------------------------------------------
     def evaluate(self, state: TrainState, n_batches: Optional[int] = None, progress: bool = False) -> Dict[str, float]:
@@ -239,6 +248,9 @@ class Trainer:
             if not cfg.eval_only and self.trains:
                 state = self._train(state, ckpt, log)
             final_state = self._final_state(state, ckpt, cfg.eval_only and self.trains)
+            if self.trains:  # the kept editor as shareable files (editing/editor_files.py)
+                save_editor(os.path.join(self.workdir, EDITOR_DIR), final_state.params, final_state.stats, cfg,
+                            {"alg": cfg.alg, "step": int(final_state.best_step)})
             metrics = self.evaluate(final_state, cfg.final_eval_steps, progress=True)
             log.scalars(int(final_state.step), with_suffix(metrics, "_val"), suffix="/final")
             results = {

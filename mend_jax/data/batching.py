@@ -162,3 +162,25 @@ def check_sizes(n_rows: int, n_edits: int, n_loc: int, source: str) -> None:
         raise ValueError(f"n_edits must be in [1, {n_rows}] for {source}, got {n_edits}")
     if n_loc < 1:
         raise ValueError(f"n_loc must be >= 1, got {n_loc}")
+
+
+def join_target(prompt: str, target: str) -> str:
+    """The target as it follows the prompt: "prompt target", a space added unless one is there."""
+    return target if prompt[-1:].isspace() or target[:1].isspace() else " " + target
+
+
+def prompt_target_tokens(tokenizer, prompts: Sequence[str], targets: Sequence[str]):
+    """(prompt ids, target ids) per pair, for a decoder-only LM that reads the prompt, then the target."""
+    prompt_ids = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    target_ids = [list(tokenizer(join_target(p, t), add_special_tokens=False)["input_ids"])
+                  for p, t in zip(prompts, targets)]
+    return prompt_ids, target_ids
+
+
+def prompt_target_batch(prompt_ids, target_ids, width: int, pad_id: int) -> Dict[str, np.ndarray]:
+    """Right-padded "prompt target" rows in which only the target's tokens are labelled."""
+    ids, mask = pad_right([p + t for p, t in zip(prompt_ids, target_ids)], width, pad_id)
+    labels = np.full_like(ids, IGNORE)
+    for row, (p, t) in enumerate(zip(prompt_ids, target_ids)):
+        labels[row, len(p):len(p) + len(t)] = t
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

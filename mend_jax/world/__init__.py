@@ -4,7 +4,7 @@
 trains a tokenizer and pretrains the model, all once per configuration into the
 user cache (``$MEND_JAX_CACHE``, else ``~/.cache/mend_jax``); later calls return at once.
 """
-from mend_jax.world.cache import WorldArtifacts, cache_root, ensure_world
+from mend_jax.world.cache import WorldArtifacts, cache_root, ensure_counterfact, ensure_world
 from mend_jax.world.facts import RELATIONS, Fact, Relation, World, WorldConfig, generate_world
 from mend_jax.world.pretrain import PretrainConfig
 from mend_jax.world.tokenizer import load_tokenizer
@@ -18,6 +18,7 @@ __all__ = [
     "WorldArtifacts",
     "WorldConfig",
     "cache_root",
+    "ensure_counterfact",
     "ensure_world",
     "generate_world",
     "load_tokenizer",

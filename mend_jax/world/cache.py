@@ -135,3 +135,28 @@ def _artifacts(root: str) -> WorldArtifacts:
         n_tokens=info["n_tokens"],
         fact_accuracy=info["fact_accuracy"],
     )
+
+
+def ensure_counterfact(config: Optional[WorldConfig] = None, pretrain_config: Optional[PretrainConfig] = None,
+                       progress: bool = True) -> str:
+    """The world's facts as CounterFact files, ``<world>/counterfact/{train,valid}.json``.
+
+    Written on first use beside a built world (worlds cached before CounterFact lack them),
+    into a temporary directory renamed into place.
+    """
+    config = config or WorldConfig()
+    root = ensure_world(config, pretrain_config, progress).root
+    out = os.path.join(root, os.path.dirname(formats.COUNTERFACT))
+    if not all(os.path.isfile(os.path.join(root, formats.COUNTERFACT.format(s))) for s in formats.SPLITS):
+        tmp = tempfile.mkdtemp(prefix=".counterfact-", dir=root)
+        try:
+            formats.write_counterfact(generate_world(config), tmp)
+            os.chmod(os.path.join(tmp, "counterfact"), 0o755)
+            try:
+                os.rename(os.path.join(tmp, "counterfact"), out)
+            except OSError:
+                if not os.path.isdir(out):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

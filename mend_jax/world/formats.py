@@ -191,3 +191,40 @@ def _write_json(path: str, obj) -> None:
 
 def _write_jsonl(path: str, rows: Sequence[Dict]) -> None:
     _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+COUNTERFACT = "counterfact/{}.json"
+MAX_NEIGHBOURS = 10  # CounterFact's release has 10 neighbourhood prompts a case
+
+
+def counterfact_cases(world: World, split: str) -> List[Dict]:
+    """The split's facts as CounterFact cases (data/counterfact.py): one per fact and statement
+    template, rewritten to the template's counterfactual object. Paraphrases are the fact's
+    other templates; neighbours are other subjects (of either split) with the same relation
+    and true object, under the same template."""
+    by_object: Dict[Tuple[str, str], List[Fact]] = {}
+    for f in world.facts:
+        by_object.setdefault((f.relation, f.object), []).append(f)
+    cases = []
+    for f in world.split(split):
+        templates = f.relation_spec.statements
+        for t, template in enumerate(templates):
+            neighbours = [g.prefix(t) for g in by_object[(f.relation, f.object)] if g.subject != f.subject]
+            cases.append({
+                "case_id": len(cases),
+                "requested_rewrite": {
+                    "prompt": template.split("{o}")[0].rstrip(" ").replace("{s}", "{}"),
+                    "subject": f.subject,
+                    "target_new": {"str": f.alternative(t)},
+                    "target_true": {"str": f.object},
+                },
+                "paraphrase_prompts": [f.prefix(u) for u in range(len(templates)) if u != t],
+                "neighborhood_prompts": neighbours[:MAX_NEIGHBOURS],
+                "generation_prompts": [f.prefix(t)],
+            })
+    return cases
+
+
+def write_counterfact(world: World, root: str) -> None:
+    for split in SPLITS:
+        _write_json(os.path.join(root, COUNTERFACT.format(split)), counterfact_cases(world, split))

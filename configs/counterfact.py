@@ -1,0 +1,33 @@
+"""The counterfact experiment: meta-train an editor on CounterFact rewrites (Meng et al. 2022)
+for a decoder-only LM, and score it with CounterFact's metrics.
+
+  python -m mend_jax.train --config=configs/counterfact.py                 # embedded world (offline)
+  python -m mend_jax.train --config=configs/counterfact.py:gpt2-xl --config.data.path=data/counterfact.json
+  python -m mend_jax.edit --run runs/counterfact_mend_world --counterfact CASES.json
+
+Arguments: world (default), distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl. Edits put
+target_new after the rewrite prompt; edit_outer asks a paraphrase; locality asks other
+cases' prompts for their true objects. With one release file, its first data.n_valid_cases
+cases validate.
+"""
+import os
+
+from mend_jax import config_lib
+
+_GEN = config_lib.config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen.py"))
+
+
+def get_config(arg: str = None):
+    arg = arg or "world"
+    c = _GEN.get_config(arg)  # the same models and inner params as gen
+    c.task = "counterfact"
+    c.data.path = "data/counterfact.json"
+    c.data.loc_path = ""
+    c.data.max_length = 64
+    if arg == "world":
+        config_lib.use_world_model(c, c.model.inner_params)
+        c.data.max_length = 24  # the world's prompts with their objects are at most 13 tokens
+        # val_steps: all 186 validation cases (every fact and template of held-out subjects).
+        config_lib.world_schedule(c, max_iters=3000, log_interval=50, val_interval=500, val_steps=186,
+                                  early_stop_patience=2000)
+    return c

@@ -1,0 +1,139 @@
+"""Apply a trained editor to new facts, show before and after, export the edited model.
+
+  python -m mend_jax.edit --run runs/gen_mend_world --prompt "..." --target "..." [--rephrase "..."]
+  python -m mend_jax.edit --run RUN --edits edits.jsonl [--sequential] [--batch-size K] [--out edited/]
+  python -m mend_jax.edit --run RUN --counterfact counterfact.json [--limit N] [--sequential]
+
+edits.jsonl holds one edit per line: {"prompt": ..., "target": ...}, optionally with
+"rephrase", "locality", "portability_prompt" and "portability_answer" (editing/requests.py).
+Prints a before/after table and the metrics, and writes metrics.json (into --out, else
+RUN/edits/); --out also receives the edited model in Hugging Face format. Input is
+checked before anything is edited, and files are written only once everything succeeded.
+"""
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+METRICS_FILE = "metrics.json"
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m mend_jax.edit", description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="a training run's --workdir (or a directory saved by Editor.save)")
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one edit's prompt (with --target)")
+    source.add_argument("--edits", help="a JSONL file of edits")
+    source.add_argument("--counterfact", help="a CounterFact JSON file (the ROME release's format); adds its metrics")
+    ap.add_argument("--limit", type=int, default=None, help="with --counterfact: edit only its first N cases")
+    ap.add_argument("--target", help="the new continuation of --prompt")
+    ap.add_argument("--rephrase", help="a paraphrase of --prompt, scored for generalization")
+    ap.add_argument("--locality", action="append", default=[], help="a prompt that must not change (repeatable)")
+    ap.add_argument("--sequential", action="store_true", help="apply the edits one at a time, each on the last")
+    ap.add_argument("--independent", action="store_true",
+                    help="edit each batch on the original model and score it there (CounterFact's protocol); "
+                         "no edited model to --out")
+    ap.add_argument("--batch-size", type=int, default=None, help="edits per editor step (default: all at once)")
+    ap.add_argument("--max-new-tokens", type=int, default=8, help="length of the greedy completions shown (gen)")
+    ap.add_argument("--out", help="write the edited model (config.json, model.safetensors, tokenizer) here")
+    args = ap.parse_args(argv)
+    if args.prompt is not None and args.target is None:
+        ap.error("--prompt needs --target")
+    if args.prompt is None and (args.target or args.rephrase):
+        ap.error("--target and --rephrase go with --prompt; put them in the --edits file's lines instead")
+    if args.limit is not None and (args.counterfact is None or args.limit < 1):
+        ap.error("--limit takes a positive number of cases, with --counterfact")
+    if args.independent and (args.sequential or args.out):
+        ap.error("--independent edits every batch on the original model: it goes with neither --sequential nor --out")
+    if args.batch_size is not None and args.batch_size < 1:
+        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def fail(message: str, code: int = 2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _cell(text: str, width: int) -> str:
+    return textwrap.shorten(" ".join(str(text).split()), width, placeholder="…") or "''"
+
+
+def table(result) -> str:
+    head = ("#", "prompt", "target", "completion before", "completion after", "p(target) before", "after")
+    rows = [head]
+    for i, (b, a) in enumerate(zip(result.before, result.after), start=1):
+        rows.append((str(i), _cell(b["prompt"], 40), _cell(b["target"], 20), _cell(b["completion"], 28),
+                     _cell(a["completion"], 28), f"{b['p_target']:.3g}", f"{a['p_target']:.3g}"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+COUNTERFACT_NAMES = ("efficacy_score", "paraphrase_score", "neighborhood_score", "score")
+
+
+def summary(metrics) -> str:
+    names = ("reliability", "generalization", "locality", "portability") + COUNTERFACT_NAMES
+    parts = [f"{metrics['n_edits']} edits in {metrics['n_batches']} editor step(s)"]
+    for name in names:
+        if metrics.get(name) is not None:
+            before = metrics.get(f"{name}_before")
+            parts.append(f"{name} {metrics[name]:.3f}" + (f" (before {before:.3f})" if before is not None else ""))
+    return "; ".join(parts)
+
+
+def _write_json_atomically(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from mend_jax.config_checks import ConfigError
+    from mend_jax.editing.editor import Editor, NoTrainedEditor
+    from mend_jax.editing.editor_files import EditorFileError
+    from mend_jax.editing.requests import EditInputError, make_requests, read_jsonl
+
+    from mend_jax.data.counterfact import load_counterfact
+    from mend_jax.data.io import DataFormatError, DataNotFoundError
+
+    try:
+        if args.counterfact is not None:
+            cases = load_counterfact(args.counterfact)[:args.limit]
+        elif args.edits is not None:
+            requests = read_jsonl(args.edits)
+            if args.locality:
+                requests = make_requests(requests.prompts, requests.targets, requests.rephrases,
+                                         requests.locality_prompts + args.locality, requests.portability_prompts,
+                                         requests.portability_answers, where=args.edits)
+        else:
+            requests = make_requests([args.prompt], [args.target], [args.rephrase] if args.rephrase else None,
+                                     args.locality, where="--prompt/--target")
+        editor = Editor.from_run(args.run, max_new_tokens=args.max_new_tokens)
+        if args.counterfact is not None:
+            result = editor.edit_counterfact(cases, sequential=args.sequential, batch_size=args.batch_size,
+                                             independent=args.independent)
+        else:
+            result = editor.apply(requests, sequential=args.sequential, batch_size=args.batch_size,
+                                  independent=args.independent)
+    except (EditInputError, NoTrainedEditor, EditorFileError, ConfigError, DataFormatError, DataNotFoundError) as e:
+        fail(str(e))
+    print(table(result))
+    print(summary(result.metrics))
+    metrics_path = os.path.join(args.out or os.path.join(args.run, "edits"), METRICS_FILE)
+    if args.out:
+        editor.save_pretrained(args.out)
+        print(f"edited model: {os.path.abspath(args.out)}")
+    _write_json_atomically(metrics_path, result.to_json())
+    print(f"metrics: {os.path.abspath(metrics_path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
