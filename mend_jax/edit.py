@@ -96,12 +96,11 @@ def _write_json_atomically(path: str, obj) -> None:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from mend_jax.config_checks import ConfigError
+    from mend_jax.data.counterfact import load_counterfact
+    from mend_jax.data.io import DataFormatError, DataNotFoundError
     from mend_jax.editing.editor import Editor, NoTrainedEditor
     from mend_jax.editing.editor_files import EditorFileError
     from mend_jax.editing.requests import EditInputError, make_requests, read_jsonl
-
-    from mend_jax.data.counterfact import load_counterfact
-    from mend_jax.data.io import DataFormatError, DataNotFoundError
 
     try:
         if args.counterfact is not None:

@@ -92,7 +92,12 @@ def get_answer(obj: Dict[str, Any], where: str) -> str:
 def condition_text(row, target: str) -> str:
     """What EFK's conditioner reads for a zsRE row or FEVER claim edited to `target`
     (the reference's `cond` strings)."""
-    return f"{row.prediction} >> {target} || {row.input}"
+    return condition_string(row.prediction, target, row.input)
+
+
+def condition_string(prediction: str, target: str, prompt: str) -> str:
+    """The reference's `cond` string: the model's answer, the new one, and the question or claim."""
+    return f"{prediction} >> {target} || {prompt}"
 
 
 def check_tokenizer(tokenizer, model: str) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from mend_jax.data.batching import pad_right, prompt_target_batch, prompt_target_tokens
 from mend_jax.data.fever import NEGATIVE, POSITIVE
-from mend_jax.data.kilt import encode
+from mend_jax.data.kilt import condition_string, encode
 from mend_jax.editing.requests import EditInputError
 from mend_jax.experiments import TaskModel, max_positions
 
@@ -34,11 +34,6 @@ class Completions(NamedTuple):
 def _round_up(n: int, limit: int = None) -> int:
     width = -(-n // WIDTH_STEP) * WIDTH_STEP
     return min(width, limit) if limit else width
-
-
-def condition_text(prediction: str, target: str, prompt: str) -> str:
-    """EFK's condition for qa and fc, as the reference builds it (data/kilt.condition_text)."""
-    return f"{prediction} >> {target} || {prompt}"
 
 
 class CausalLMCodec:
@@ -101,9 +96,9 @@ class Seq2SeqCodec:
         self.eos_id = tok.eos_token_id
         self._greedy = _greedy_seq2seq(self.module, self.encoder.target_max_length, self.start_id, self.encoder.pad_id)
 
-    def _check(self, texts: Sequence[str], limit: int, what: str, special: bool = True) -> None:
+    def _check(self, texts: Sequence[str], limit: int, what: str) -> None:
         for text in texts:
-            n = len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+            n = len(self.tokenizer(text)["input_ids"])
             if n > limit:
                 raise EditInputError(f"{what} {text!r} has {n} tokens, more than {limit} (data.max_length or "
                                      "data.target_max_length of the run's config)")
@@ -114,7 +109,7 @@ class Seq2SeqCodec:
         return self.encoder.pairs(prompts, targets)
 
     def cond(self, batch, prompts, targets, predictions) -> Dict[str, np.ndarray]:
-        return self.encoder.sources([condition_text(p, t, q) for q, t, p in zip(prompts, targets, predictions)])
+        return self.encoder.sources([condition_string(p, t, q) for q, t, p in zip(prompts, targets, predictions)])
 
     def complete(self, params, prompts: Sequence[str]) -> Completions:
         self._check(prompts, self.encoder.max_length, "prompt")
@@ -162,7 +157,7 @@ class ClassifierCodec:
         return {**encode(self.tokenizer, prompts, self.max_length), "labels": self._labels(targets)}
 
     def cond(self, batch, prompts, targets, predictions) -> Dict[str, np.ndarray]:
-        return encode(self.tokenizer, [condition_text(p, t, q) for q, t, p in zip(prompts, targets, predictions)],
+        return encode(self.tokenizer, [condition_string(p, t, q) for q, t, p in zip(prompts, targets, predictions)],
                       self.max_length)
 
     def complete(self, params, prompts: Sequence[str]) -> Completions:

@@ -56,7 +56,7 @@ class Scorer:
         width = max(o[1].shape[1] for o in outs)
         pad = lambda x, fill: np.pad(x, [(0, 0), (0, width - x.shape[1])], constant_values=fill)
         return (np.concatenate([o[0] for o in outs]), np.concatenate([pad(o[1], 0) for o in outs]),
-                np.concatenate([pad(o[2], False) for o in outs]), np.concatenate([pad(o[3], -100) for o in outs]))
+                np.concatenate([pad(o[2], False) for o in outs]), np.concatenate([pad(o[3], losses.IGNORE) for o in outs]))
 
 
 def _flatten(cases: Sequence[CounterFactCase], field: str) -> Tuple[List[int], List[str]]:
@@ -111,7 +111,7 @@ def case_scores(scorer: Scorer, params, cases: Sequence[CounterFactCase], origin
         r_true, pred, mask, _ = scorer(params, prompts, [true[i] for i in owners])
         r_new = scorer(params, prompts, [new[i] for i in owners])[0]
         reference = scorer(original_params, prompts, [true[i] for i in owners])[1]
-        agreement = ((pred == reference) & mask).sum(1) / np.maximum(mask.sum(1), 1)
+        agreement = _token_accuracy(pred, mask, reference)  # the original model's argmax as the labels
         out["neighborhood_score"] = _per_case((r_true > r_new).astype(float), owners, n)
         out["neighborhood_magnitude"] = _per_case(r_true - r_new, owners, n)
         out["neighborhood_token_agreement"] = _per_case(agreement, owners, n)

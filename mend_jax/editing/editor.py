@@ -110,12 +110,13 @@ class Editor:
         if not os.path.isfile(config_checks.config_path(run_dir)):
             raise NoTrainedEditor(f"{run_dir} is not a training run: it has no {editor_files.EDITOR_DIR}/ and no "
                                   f"{os.path.relpath(config_checks.config_path(run_dir), run_dir)}")
-        config = ml_collections.ConfigDict(config_checks.load(run_dir))
-        shell = cls.from_config(config, **kwargs)
-        if not needs_training(shell.editor):
-            return shell
-        state = _restore_checkpoint(run_dir, shell)
-        return cls(shell.config, shell.model, shell.editor, state.params, state.stats, **kwargs)
+        config, model, editor = _assemble(ml_collections.ConfigDict(config_checks.load(run_dir)))
+        if not needs_training(editor):
+            params, stats = editor.init(jax.random.PRNGKey(config.seed), model.params)
+        else:
+            state = _restore_checkpoint(run_dir, config, editor, model.params)
+            params, stats = state.params, state.stats
+        return cls(config, model, editor, params, stats, **kwargs)
 
     def save(self, directory: str) -> None:
         """editor.safetensors + editor.json (editing/editor_files.py)."""
@@ -141,22 +142,24 @@ class Editor:
             raise EditInputError("independent edits are scored one batch at a time: give one portability prompt "
                                  "per edit")
         codec, original = self.codec, self.original
-        edits = codec.edit_batch(requests.prompts, requests.targets)
+        probes = self._probes(requests)
+        edits = probes["edit"]
         before = codec.complete(original, requests.prompts)
         edits_with_cond = {**edits, "cond": codec.cond(edits, requests.prompts, requests.targets, before.texts)}
-        probes = self._probes(requests)
         loc_before = codec.complete(original, requests.locality_prompts) if requests.locality_prompts else None
 
+        # The edit rows are scored once per step: on their own model (independent), or all of them
+        # on the model so far, whose last scoring is the final one (sequential).
         current, history, owners, scored = original, [], [], []
         for rows in (slice(lo, min(lo + step, n)) for lo in range(0, n, step)):
             current = self._edit_fn(*self._inner, original if independent else current, _rows(edits_with_cond, rows))
             if independent:
                 owners.append((rows, current))
-                scored.append(np.asarray(self._score(current, _rows(edits, rows)).correct))
-                so_far, this_batch = np.concatenate(scored), scored[-1]
+                scored.append(self._stats([(rows, current)], edits))
+                so_far, this_batch = np.concatenate([c for c, _ in scored]), scored[-1][0]
             else:
-                correct = np.asarray(self._score(current, edits).correct)
-                so_far, this_batch = correct[:rows.stop], correct[rows]
+                scored = [self._stats([(slice(None), current)], edits)]
+                so_far, this_batch = scored[0][0][:rows.stop], scored[0][0][rows]
             entry = {"step": len(history) + 1, "n_edits": rows.stop, "success_so_far": float(so_far.mean()),
                      "success_of_this_batch": float(this_batch.mean())}
             if loc_before is not None:
@@ -166,7 +169,9 @@ class Editor:
 
         scored_before = {name: self._stats([(slice(None), original)], batch) for name, batch in probes.items()}
         scored_after = {name: self._stats(owners if name != "portability" or independent else
-                                          [(slice(None), current)], batch) for name, batch in probes.items()}
+                                          [(slice(None), current)], batch)
+                        for name, batch in probes.items() if name != "edit"}
+        scored_after["edit"] = tuple(np.concatenate(column) for column in zip(*scored))
         after = np.concatenate([codec.complete(params, requests.prompts[rows]).texts for rows, params in owners])
         metrics = {"n_edits": n, "n_batches": len(history), "independent": independent}
         for name, key in (("edit", "reliability"), ("rephrase", "generalization"), ("portability", "portability")):
@@ -188,8 +193,8 @@ class Editor:
         """Edits CounterFact cases (data/counterfact.py) to their target_new and adds CounterFact's
         metrics (editing/counterfact_scores.py), before and after, to the result's metrics. The
         first paraphrase of each case serves as its rephrase; locality is measured on each case's
-        neighbourhood prompts (neighborhood_score, neighborhood_token_agreement). `independent=True` is CounterFact's own protocol: every case edits
-        the original model alone."""
+        neighbourhood prompts (neighborhood_score, neighborhood_token_agreement).
+        `independent=True` is CounterFact's own protocol: every case edits the original model alone."""
         if self.model.task not in ("gen", "qa", "counterfact"):
             raise EditInputError(f"CounterFact edits language models (gen, qa), not a {self.model.task} model")
         if not cases:
@@ -259,14 +264,14 @@ def _unchanged(reference, completions) -> float:
     return float(np.mean(np.all(reference.ids == completions.ids, axis=1)))
 
 
-def _restore_checkpoint(run_dir: str, shell: Editor):
+def _restore_checkpoint(run_dir: str, config, editor, base_params):
     from mend_jax.checkpointing import Checkpointer
     from mend_jax.trainer import initial_state
 
     state = None
     if any(os.listdir(os.path.join(run_dir, "checkpoints", d)) for d in ("best", "latest")
            if os.path.isdir(os.path.join(run_dir, "checkpoints", d))):
-        abstract, _ = initial_state(shell.config, shell.editor, shell.model.params)
+        abstract, _ = initial_state(config, editor, base_params)
         ckpt = Checkpointer(run_dir, async_save=False)
         try:
             state = ckpt.restore(abstract, "best") or ckpt.restore(abstract, "latest")

@@ -41,17 +41,24 @@ def flatten(prefix: str, tree) -> Dict[str, Any]:
     return {"/".join([prefix] + [_key_name(k) for k in path]): leaf for path, leaf in leaves}
 
 
+def _storable(leaf) -> np.ndarray:
+    """A contiguous numpy array of the leaf's shape (0-d too); bfloat16, which numpy's safetensors
+    writer lacks, as float32 (load_weights casts back to the editor's dtype)."""
+    array = np.asarray(leaf)
+    if array.dtype.name == "bfloat16":
+        array = array.astype(np.float32)
+    return np.ascontiguousarray(array).reshape(array.shape)
+
+
 def save_editor(directory: str, params, stats, config: ml_collections.ConfigDict, info: Dict[str, Any]) -> None:
     """Writes the editor atomically: a killed save leaves the previous files (or none)."""
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".editor-", dir=parent)
     try:
-        arrays = {k: np.asarray(jax.device_get(v), np.float32) if np.asarray(v).dtype.name == "bfloat16"
-                  else np.asarray(jax.device_get(v)) for k, v in {**flatten("params", params),
-                                                                 **flatten("stats", stats)}.items()}
-        save_file({k: np.ascontiguousarray(v).reshape(v.shape) for k, v in arrays.items()},  # keeps 0-d leaves
-                  os.path.join(tmp, WEIGHTS), metadata={"format": "mend_jax.editor"})
+        leaves = jax.device_get({**flatten("params", params), **flatten("stats", stats)})
+        save_file({k: _storable(v) for k, v in leaves.items()}, os.path.join(tmp, WEIGHTS),
+                  metadata={"format": "mend_jax.editor"})
         meta = {"format_version": FORMAT_VERSION, "mend_jax_version": __version__, **info,
                 "config": json.loads(json.dumps(config.to_dict(), default=str))}
         with open(os.path.join(tmp, META), "w") as f:
