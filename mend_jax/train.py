@@ -19,6 +19,8 @@ flags.mark_flags_as_required(["config"])
 
 def default_workdir(config) -> str:
     model = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(config.model.name.rstrip("/")) or "model")
+    if config.data.source == "world" and config.data.get("world", "default") != "default":
+        model += f"_{config.data.world}"  # runs/gen_mend_world_small beside the default world's run
     return os.path.join("runs", f"{config.task}_{config.alg}_{model}")
 
 

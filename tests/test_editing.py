@@ -123,6 +123,12 @@ def test_sequential_edits_chain_and_score_against_the_original_model(editor):
                                 manual_edit_batch(tok, PROMPTS[1:], TARGETS[1:]), False)[0]
     assert max_diff(result.params, second) < 1e-6
     assert [h["n_edits"] for h in result.history] == [1, 2]
+    # Retention: after the second edit, the first edit's success on the twice-edited model (greedy
+    # decoding that reproduces the target is the same as its every token being the argmax).
+    first_target = tok(" " + TARGETS[0], add_special_tokens=False)["input_ids"]
+    kept = greedy_by_hand(target, second, tok, PROMPTS[0], len(first_target)) == first_target
+    assert result.history[0]["success_of_earlier"] is None
+    assert result.history[1]["success_of_earlier"] == float(kept)
     # Locality after each step compares with the original model's greedy completion.
     original = greedy_by_hand(target, editor.model.params, tok, LOCALITY[0], 3)
     for h, params in zip(result.history, (first, second)):

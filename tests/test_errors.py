@@ -252,3 +252,16 @@ def test_a_full_disk_stops_a_run_before_it_trains(gen_config, experiment, tmp_pa
     with pytest.raises(CheckpointError, match="not enough disk space"):
         Trainer(gen_config, experiment, str(tmp_path)).run()
     assert not (tmp_path / "checkpoints" / "latest").exists() or not any((tmp_path / "checkpoints" / "latest").iterdir())
+
+
+def test_an_unknown_world_or_a_small_world_for_qa_is_refused_before_any_build():
+    small = tiny.repo_config("gen").get_config("world_small")
+    assert small.data.world == "small" and small.val_steps == 49
+    experiments.check_config(small)  # gen has a small world
+    small.data.world = "huge"
+    with pytest.raises(ValueError, match=r"data\.world must be one of \['default', 'small'\], got 'huge'"):
+        experiments.check_config(small)
+    qa = tiny.repo_config("qa").get_config()
+    qa.data.world = "small"
+    with pytest.raises(ConfigError, match=r"data\.world='small'.*qa's world model is built for the default world"):
+        experiments.check_config(qa)

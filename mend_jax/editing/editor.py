@@ -160,8 +160,10 @@ class Editor:
             else:
                 scored = [self._stats([(slice(None), current)], edits)]
                 so_far, this_batch = scored[0][0][:rows.stop], scored[0][0][rows]
+            earlier = so_far[:rows.start]  # retention: edits of earlier batches, after this one
             entry = {"step": len(history) + 1, "n_edits": rows.stop, "success_so_far": float(so_far.mean()),
-                     "success_of_this_batch": float(this_batch.mean())}
+                     "success_of_this_batch": float(this_batch.mean()),
+                     "success_of_earlier": float(earlier.mean()) if len(earlier) else None}
             if loc_before is not None:
                 entry["locality"] = _unchanged(loc_before, codec.complete(current, requests.locality_prompts))
             history.append(entry)

@@ -6,10 +6,12 @@ user cache (``$MEND_JAX_CACHE``, else ``~/.cache/mend_jax``); later calls return
 """
 from mend_jax.world.cache import WorldArtifacts, cache_root, ensure_counterfact, ensure_world
 from mend_jax.world.facts import RELATIONS, Fact, Relation, World, WorldConfig, generate_world
+from mend_jax.world.presets import PRESETS, preset
 from mend_jax.world.pretrain import PretrainConfig
 from mend_jax.world.tokenizer import load_tokenizer
 
 __all__ = [
+    "PRESETS",
     "RELATIONS",
     "Fact",
     "PretrainConfig",
@@ -22,4 +24,5 @@ __all__ = [
     "ensure_world",
     "generate_world",
     "load_tokenizer",
+    "preset",
 ]

@@ -65,11 +65,19 @@ def edit_pairs(facts: Sequence[Fact], seed: int) -> List[Tuple[str, str]]:
 def fact_texts(world: World) -> List[str]:
     """Every true statement, alone and in its gen edit's context: what the model must know."""
     in_context = [f"{ctx} {f.statement(t)}" for split in SPLITS
-                  for f, t, ctx in edit_contexts(world.split(split), _gen_seed(world, split))]
+                  for f, t, ctx in edit_contexts(world.split(split), gen_seed(world, split))]
     return [s for f in world.facts for s in f.statements()] + in_context
 
 
-def _gen_seed(world: World, split: str) -> int:
+def gen_edit_prompts(world: World, split: str) -> List[Tuple[Fact, str]]:
+    """(fact, prompt) for every fact of `split`: its statement under template 0 after the context
+    the gen data gives it, up to the object (the edit target is then " Object.")."""
+    return [(f, f"{ctx} {f.prefix(0)}") for f, t, ctx in edit_contexts(world.split(split), gen_seed(world, split))
+            if t == 0]
+
+
+def gen_seed(world: World, split: str) -> int:
+    """The seed of a split's gen edit contexts (the self_sample files)."""
     return world.config.seed + SPLITS.index(split)
 
 
@@ -111,7 +119,7 @@ def _n_words(sentences: Sequence[str]) -> int:
 
 def write_gen(world: World, root: str, n_tokens: int) -> None:
     for split in SPLITS:
-        pairs = edit_pairs(world.split(split), _gen_seed(world, split))
+        pairs = edit_pairs(world.split(split), gen_seed(world, split))
         _write_json(
             os.path.join(root, GEN_SELF_SAMPLE.format(split)),
             {"original": [p[0] for p in pairs], "completions": [p[1] for p in pairs], "n_tokens": n_tokens},
