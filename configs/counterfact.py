@@ -31,5 +31,5 @@ def get_config(arg: str = None):
         config_lib.world_schedule(c, max_iters=3000, log_interval=50, val_interval=500, val_steps=186,
                                   early_stop_patience=2000)
         if arg == "world_small":
-            config_lib.use_small_world(c, val_steps=49)
+            config_lib.use_small_world(c, val_steps=54)
     return c

@@ -31,7 +31,7 @@ def get_config(arg: str = None):
     if arg in ("world", "world_small"):
         config_lib.world_gen(c)
         if arg == "world_small":
-            config_lib.use_small_world(c, val_steps=49)
+            config_lib.use_small_world(c, val_steps=54)
     elif arg == "distilgpt2":
         c.model.name = "MYX4567/distilgpt2-finetuned-wikitext2"
         c.model.tokenizer = "distilgpt2"

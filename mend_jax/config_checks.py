@@ -94,9 +94,14 @@ def flatten(tree: Dict, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+# Keys added after runs were first saved, with the value that older runs had in effect: a saved
+# config without them resumes as if it had that value.
+ADDED_KEYS = {"data.world": "default"}
+
+
 def differences(saved: Dict, current: Dict) -> List[Tuple[str, Any, Any]]:
     """(key, saved value, current value) for every non-resumable key that differs."""
-    old, new = flatten(saved), flatten(current)
+    old, new = {**ADDED_KEYS, **flatten(saved)}, flatten(current)
     keys = sorted(set(old) | set(new))
     return [(k, old.get(k), new.get(k)) for k in keys if k not in RESUMABLE_KEYS and old.get(k) != new.get(k)]
 

@@ -256,7 +256,7 @@ def test_a_full_disk_stops_a_run_before_it_trains(gen_config, experiment, tmp_pa
 
 def test_an_unknown_world_or_a_small_world_for_qa_is_refused_before_any_build():
     small = tiny.repo_config("gen").get_config("world_small")
-    assert small.data.world == "small" and small.val_steps == 49
+    assert small.data.world == "small" and small.val_steps == 54
     experiments.check_config(small)  # gen has a small world
     small.data.world = "huge"
     with pytest.raises(ValueError, match=r"data\.world must be one of \['default', 'small'\], got 'huge'"):
@@ -265,3 +265,10 @@ def test_an_unknown_world_or_a_small_world_for_qa_is_refused_before_any_build():
     qa.data.world = "small"
     with pytest.raises(ConfigError, match=r"data\.world='small'.*qa's world model is built for the default world"):
         experiments.check_config(qa)
+
+
+def test_a_run_saved_before_data_world_existed_resumes_as_the_default_world():
+    saved, current = {"data": {"source": "world"}}, {"data": {"source": "world", "world": "default"}}
+    assert config_checks.differences(saved, current) == []
+    current["data"]["world"] = "small"
+    assert config_checks.differences(saved, current) == [("data.world", "default", "small")]
