@@ -1,6 +1,6 @@
 """MEND, ENN and FT making T edits one after another on the embedded world's gen model.
 
-  python benchmarks/sequential.py                       # T = 1, 10, 100, 300; plot in runs/sequential/
+  python benchmarks/sequential.py                       # T = 1, 10, 100, 300; plot in benchmarks/
   python benchmarks/sequential.py --algs mend,ft --ts 1,10,50
 
 Each editor applies one chain of edits with `Editor.edit(..., sequential=True)`: edit t is
@@ -9,8 +9,8 @@ counterfactual each, written as the gen data writes its edits (template 0 after 
 of other true sentences, then the counterfactual object and the period); the rephrase is
 template 1 alone. The validation split's facts come first, then the training split's (whose
 other counterfactuals the editors saw in meta-training); the last facts of the training
-split are kept unedited, and their statements under every template are the locality prompts. After T edits the table
-reports:
+split are kept unedited, and their statements under every template are the locality prompts.
+After T edits the table reports:
 - edit success: the share of edits 1..T that succeeded right after they were made;
 - retention: the share of edits 1..T-1 that still succeed after edit T;
 - locality: the share of locality prompts whose greedy completion is still the original's.
@@ -23,6 +23,7 @@ summary.json into --out and the plot (matplotlib) to --plot (the README's figure
 import argparse
 import json
 import os
+import time
 
 import common
 
@@ -61,8 +62,6 @@ def load_editor(alg: str, args):
 
 
 def curve(alg: str, requests, args) -> dict:
-    import time
-
     prompts, targets, rephrases, locality = requests
     editor = load_editor(alg, args)
     start = time.perf_counter()
@@ -78,9 +77,15 @@ def curve(alg: str, requests, args) -> dict:
     }
 
 
+def running_success(row: dict):
+    """Edit success after each t: the share of edits 1..t that succeeded right after they were made."""
+    successes = row["edit_success"]
+    return [sum(successes[:t]) / t for t in range(1, len(successes) + 1)]
+
+
 def at(row: dict, t: int) -> dict:
     """The table's three measures after t edits."""
-    return {"edit_success": sum(row["edit_success"][:t]) / t, "retention": row["retention"][t - 1],
+    return {"edit_success": running_success(row)[t - 1], "retention": row["retention"][t - 1],
             "locality": row["locality"][t - 1]}
 
 
@@ -104,10 +109,8 @@ def plot(rows, path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
     for row in rows:
-        n = len(row["edit_success"])
-        t = list(range(1, n + 1))
-        running = [sum(row["edit_success"][:i]) / i for i in t]
-        axes[0].plot(t, running, label=LABELS[row["alg"]])
+        t = list(range(1, len(row["edit_success"]) + 1))
+        axes[0].plot(t, running_success(row), label=LABELS[row["alg"]])
         axes[1].plot(t[1:], row["retention"][1:], label=LABELS[row["alg"]])
         axes[2].plot(t, row["locality"], label=LABELS[row["alg"]])
     for ax, title in zip(axes, ("edit success (edits 1..T, right after each)", "retention of edits 1..T-1",

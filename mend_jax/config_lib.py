@@ -194,6 +194,11 @@ def world_gen(c: ml_collections.ConfigDict) -> None:
     world_schedule(c, max_iters=3000, log_interval=50, val_interval=500, val_steps=186, early_stop_patience=2000)
 
 
+def world_name(c: ml_collections.ConfigDict) -> str:
+    """The embedded world a config names (data.world); configs saved before that key: "default"."""
+    return c.data.get("world", "default")
+
+
 def use_small_world(c: ml_collections.ConfigDict, val_steps: int) -> None:
     """The small world (world/presets.py) for smoke runs: a shorter schedule; `val_steps` is its
     validation split's first round (54 for gen's and counterfact's: 18 facts x 3 templates)."""

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import transformers
 
-from mend_jax import editors, models
+from mend_jax import config_lib, editors, models
 from mend_jax.config_checks import ConfigError
 from mend_jax.data import counterfact, tfds_source
 from mend_jax.data.fever import FeverDataset, fever_path
@@ -23,10 +23,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _world_preset(config):
-    """(WorldConfig, PretrainConfig) of the world `data.world` names (runs saved before it: default)."""
+    """(WorldConfig, PretrainConfig) of the world `data.world` names."""
     from mend_jax.world import preset
 
-    return preset(config.data.get("world", "default"))
+    return preset(config_lib.world_name(config))
 
 
 def _resolve_world(config):
@@ -348,8 +348,9 @@ def _counterfact_sources(config, with_data: bool) -> Dict[str, Any]:
     if config.data.source == "world":
         from mend_jax.world import ensure_counterfact, ensure_world
 
-        model_dir = ensure_world(*_world_preset(config)).model_dir
-        return {"model": model_dir, "tokenizer": model_dir, "data": ensure_counterfact(*_world_preset(config))}
+        world = _world_preset(config)
+        model_dir = ensure_world(*world).model_dir
+        return {"model": model_dir, "tokenizer": model_dir, "data": ensure_counterfact(*world)}
     model_dir, tokenizer_dir = _files_model(config)
     sources = {"model": model_dir, "tokenizer": tokenizer_dir}
     if with_data:
@@ -393,7 +394,7 @@ def check_world_paths(config) -> None:
     """A data path set on a world config would be ignored (the world brings its data): refuse it."""
     if config.data.source != "world":
         return
-    world = config.data.get("world", "default")
+    world = config_lib.world_name(config)
     _world_preset(config)  # an unknown name fails here, naming the choices
     if world != "default" and config.task not in ("gen", "counterfact"):
         raise ConfigError(f"--config.data.world={world!r}: only gen and counterfact have other worlds than "

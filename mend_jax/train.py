@@ -12,6 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mend_jax import config_lib
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/gen.py:distilgpt2.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and results.json go.")
 flags.mark_flags_as_required(["config"])
@@ -19,7 +21,7 @@ flags.mark_flags_as_required(["config"])
 
 def default_workdir(config) -> str:
     model = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(config.model.name.rstrip("/")) or "model")
-    if config.data.source == "world" and config.data.get("world", "default") != "default":
+    if config.data.source == "world" and config_lib.world_name(config) != "default":
         model += f"_{config.data.world}"  # runs/gen_mend_world_small beside the default world's run
     return os.path.join("runs", f"{config.task}_{config.alg}_{model}")
 
