@@ -18,7 +18,11 @@ class ConfigError(ValueError):
 RESUMABLE_KEYS = (
     "max_iters", "val_interval", "early_stop_patience", "eval_only", "final_eval_steps", "log_interval",
     "checkpoint_interval", "eval_chunk", "async_checkpointing", "max_skipped_fraction",
+    # Where the state lives: a run may resume on another mesh (data_parallel.py keeps the numbers).
+    "mesh.data", "mesh.fsdp", "sharding.rules", "sharding.min_size",
 )
+# With D devices on the data axis, a step takes D batches; these must fall on its last one.
+DATA_PARALLEL_MULTIPLES = ("accumulate_bs", "log_interval", "val_interval")
 POSITIVE_INTS = (
     "accumulate_bs", "checkpoint_interval", "val_interval", "log_interval", "val_steps", "eval_chunk",
     "batch_size", "val_batch_size", "data.n_edits", "data.max_length", "mend.rank", "ft.max_edit_steps",
@@ -82,6 +86,17 @@ def validate(config: ml_collections.ConfigDict, trains: bool = True) -> None:
             "editor's edits mean nothing. To evaluate a trained run, pass its --workdir with "
             "--config.eval_only=True",
         )
+
+
+def check_data_parallel(config: ml_collections.ConfigDict, n_data: int) -> None:
+    """Raises ConfigError unless the schedule's windows and events fall on the last batch of a
+    data-parallel step (batches 1..D, D+1..2D, ...: data_parallel.py)."""
+    if n_data == 1:
+        return
+    for key in DATA_PARALLEL_MULTIPLES:
+        if get(config, key) % n_data:
+            raise _bad(key, get(config, key), f"must be a multiple of the mesh's data axis ({n_data} devices, "
+                       "each taking one batch of a step), or set --config.mesh.data to a divisor of it")
 
 
 def flatten(tree: Dict, prefix: str = "") -> Dict[str, Any]:

@@ -15,6 +15,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from mend_jax import sharding
+
 # The reference's config/alg/*.yaml. FT trains nothing, so its lr is unused; its edit_lr is
 # config/alg/ft.yaml's 5e-6.
 # lr_lr is the reference's rate for the α's, which its second optimiser never applies
@@ -171,6 +173,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_chunk = 50  # validation batches per vmapped call
     c.checkpoint_interval = 5000
     c.async_checkpointing = True
+
+    # Devices (sharding.py): the data axis takes one batch of an accumulation window per device,
+    # the fsdp axis shards the train state and the base model; -1 = the remaining devices.
+    c.mesh = sharding.mesh_defaults()
+    c.sharding = sharding.sharding_defaults()
     return c
 
 

@@ -14,14 +14,19 @@ METRICS_JSONL = "metrics.jsonl"
 
 
 class MetricLog:
-    def __init__(self, workdir: str):
+    """`enabled=False`: writes nothing (the processes other than 0 of a multi-host job)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
         from tensorboardX import SummaryWriter
 
-        self.workdir = workdir
-        self.writer = SummaryWriter(os.path.join(workdir, "tb"))
-        self.jsonl = open(os.path.join(workdir, METRICS_JSONL), "a")
+        self.workdir, self.enabled = workdir, enabled
+        if enabled:
+            self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+            self.jsonl = open(os.path.join(workdir, METRICS_JSONL), "a")
 
     def scalars(self, step: int, metrics: Dict[str, float], suffix: str = "") -> None:
+        if not self.enabled:
+            return
         for name, value in metrics.items():
             self.writer.add_scalar(name + suffix, value, step)
         self.writer.flush()
@@ -31,6 +36,8 @@ class MetricLog:
 
     def write_results(self, results: Dict[str, Any]) -> str:
         path = os.path.join(self.workdir, "results.json")
+        if not self.enabled:
+            return path
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
@@ -38,6 +45,8 @@ class MetricLog:
         return path
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.writer.close()
         self.jsonl.close()
 

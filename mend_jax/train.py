@@ -16,6 +16,13 @@ from mend_jax import config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/gen.py:distilgpt2.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and results.json go.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "jax.distributed.initialize() for a multi-process job: auto (in an srun step of several tasks, on a "
+    "GKE TPU slice, or with --coordinator_address), on (e.g. on TPU VMs), or off.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (default: detected).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (default: detected).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (default: detected).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -62,8 +69,21 @@ def run(config, workdir: str):
 
     config_lib.apply_alg_defaults(config)  # an unknown alg fails here, before any model is built
     config_checks.validate(config, trains=config.alg != "ft")  # before any model is built
+    check_mesh(config)
     experiment = experiments.build(config)
     return Trainer(config, experiment, workdir).run()
+
+
+def check_mesh(config) -> None:
+    """The mesh keys against the job's devices, before any model is built."""
+    import jax
+
+    from mend_jax import config_checks, sharding
+
+    n_data, _ = sharding.mesh_shape(config.mesh, jax.device_count())
+    sharding.check_rules(config.sharding.rules)
+    if config.alg != "ft":
+        config_checks.check_data_parallel(config, n_data)
 
 
 def summary_lines(results, task: str) -> list:
@@ -92,6 +112,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from mend_jax import distributed
+
+    # Before anything touches a device: every process of the job must join first.
+    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)
     make_workdir(workdir)
@@ -99,15 +123,17 @@ def main(argv):
     from mend_jax.checkpointing import CheckpointError
     from mend_jax.config_checks import ConfigError
     from mend_jax.data.io import DataFormatError, DataNotFoundError
+    from mend_jax.sharding import MeshError
     from mend_jax.trainer import TrainingDiverged
 
     try:
         results = run(config, workdir)
-    except (ConfigError, DataFormatError, DataNotFoundError) as e:
+    except (ConfigError, DataFormatError, DataNotFoundError, MeshError) as e:
         fail(str(e))
     except (TrainingDiverged, CheckpointError) as e:
         fail(str(e), code=1)
-    print("\n".join(summary_lines(results, config.task)))
+    if distributed.is_main():
+        print("\n".join(summary_lines(results, config.task)))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from mend_jax import config_checks, config_lib, meta
+from jax.sharding import NamedSharding, PartitionSpec as P
+from mend_jax import config_checks, config_lib, data_parallel, distributed, meta, sharding
 from mend_jax.checkpointing import BEST_METRIC, Checkpointer, check_free_space, state_bytes
 from mend_jax.data.batching import stack_batches
 from mend_jax.editing.editor_files import EDITOR_DIR, save_editor
@@ -82,36 +83,41 @@ class DivergenceCheck:
         self.n_skipped, self.first_step = n_skipped, step + 1
 
 
-def _all_finite(tree) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves] + [jnp.array(True)]))
-
-
 def _committed(tree):
     """Arrays committed to the device, as restored checkpoints are, so that the jitted
     functions compile once for both (jit's cache keys on committed shardings)."""
     return jax.device_put(tree, jax.devices()[0])
 
 
+def state_builder(config: ml_collections.ConfigDict, editor, base_params) -> Tuple[Callable[[Any], TrainState], Any]:
+    """(a pure function base_params -> the train state before the first step, its optimizer).
+    `base_params` may be abstract (jax.ShapeDtypeStruct): nothing is computed here."""
+    init_rng, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    abstract_params, _ = jax.eval_shape(editor.init, init_rng, base_params)
+    optimizer = make_optimizer(config, editor.param_labels(abstract_params))
+
+    def build(base_params) -> TrainState:
+        params, stats = editor.init(init_rng, base_params)
+        return TrainState(
+            params=params,
+            stats=stats,
+            opt_state=optimizer.init(params),
+            grad_acc=jax.tree_util.tree_map(jnp.zeros_like, params),
+            step=jnp.zeros((), jnp.int32),
+            n_skipped=jnp.zeros((), jnp.int32),
+            rng=rng,
+            best_val=jnp.array(np.inf, jnp.float32),
+            best_step=jnp.zeros((), jnp.int32),
+        )
+
+    return build, optimizer
+
+
 def initial_state(config: ml_collections.ConfigDict, editor, base_params) -> Tuple[TrainState, Any]:
-    """(the train state before the first step, its optimizer): also the structure that a
-    checkpoint restores into."""
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, rng = jax.random.split(rng)
-    params, stats = editor.init(init_rng, base_params)
-    optimizer = make_optimizer(config, editor.param_labels(params))
-    state = TrainState(
-        params=params,
-        stats=stats,
-        opt_state=optimizer.init(params),
-        grad_acc=jax.tree_util.tree_map(jnp.zeros_like, params),
-        step=jnp.zeros((), jnp.int32),
-        n_skipped=jnp.zeros((), jnp.int32),
-        rng=rng,
-        best_val=jnp.array(np.inf, jnp.float32),
-        best_step=jnp.zeros((), jnp.int32),
-    )
-    return _committed(state), optimizer
+    """(the train state before the first step, its optimizer) on one device: also the structure
+    that a checkpoint restores into."""
+    build, optimizer = state_builder(config, editor, base_params)
+    return _committed(build(base_params)), optimizer
 
 
 @dataclasses.dataclass
@@ -127,7 +133,8 @@ class Experiment:
 
 
 class Trainer:
-    def __init__(self, config: ml_collections.ConfigDict, experiment: Experiment, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, experiment: Experiment, workdir: str, devices=None):
+        """`devices`: the mesh's devices (default: all of the job's)."""
         self.config = config_lib.apply_alg_defaults(config)
         self.trains = needs_training(experiment.editor)  # fine-tuning baselines go straight to evaluation
         config_checks.validate(self.config, trains=self.trains)
@@ -138,7 +145,23 @@ class Trainer:
         )
         if hasattr(experiment.editor, "bind_data"):
             experiment.editor.bind_data(experiment.train_data)
+        self._place_on_mesh(devices)
         self._build_functions()
+
+    def _place_on_mesh(self, devices):
+        """The mesh, where the base model and the train state live on it, and the base model there."""
+        cfg = self.config
+        self.mesh = sharding.make_mesh(cfg.get("mesh"), devices)
+        self.n_data = self.mesh.shape["data"]
+        if self.trains:
+            config_checks.check_data_parallel(cfg, self.n_data)
+        rules = cfg.get("sharding")
+        self.base_shardings = sharding.tree_shardings(self.exp.base_params, self.mesh, rules, "base")
+        self.base_params = distributed.to_global(self.exp.base_params, self.base_shardings)
+        self._build_state, self.optimizer = state_builder(cfg, self.exp.editor, self.base_params)
+        abstract = jax.eval_shape(self._build_state, self.base_params)
+        self.state_shardings = sharding.tree_shardings(abstract, self.mesh, rules, "state")
+        self.replicated = sharding.replicated(self.mesh)
 
     # ----- pure, jitted pieces -------------------------------------------------
     def _build_functions(self):
@@ -151,12 +174,14 @@ class Trainer:
             (loss, (stats, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 state.params, state.stats, base_params, batch
             )
-            finite = _all_finite(grads) & jnp.isfinite(loss)
+            finite = data_parallel.all_finite(grads) & jnp.isfinite(loss)
             grad_acc = jax.tree_util.tree_map(
                 lambda a, g: a + jnp.where(finite, g / acc_bs, jnp.zeros_like(g)), state.grad_acc, grads
             )
             # Statistics poisoned by a non-finite batch would spoil every later edit.
-            stats = jax.tree_util.tree_map(lambda new, old: jnp.where(_all_finite(stats), new, old), stats, state.stats)
+            stats = jax.tree_util.tree_map(
+                lambda new, old: jnp.where(data_parallel.all_finite(stats), new, old), stats, state.stats
+            )
             sums["grad_norm"] = optax.global_norm(grads)
             state = state.replace(
                 stats=stats, grad_acc=grad_acc, step=state.step + 1, n_skipped=state.n_skipped + (~finite)
@@ -181,15 +206,34 @@ class Trainer:
             edited, _, _ = exp.editor.edit(params, stats, base_params, meta.edit_inputs(batch), False)
             return edited
 
-        self.optimizer = None  # set in init_state, once the parameter labels are known
-        self._grad_step = jax.jit(grad_step, donate_argnums=0)
-        self._apply_step = jax.jit(apply_step, donate_argnums=0)
-        self._evaluate = jax.jit(jax.vmap(eval_one, in_axes=(None, None, None, 0)))
+        state_sh, repl = self.state_shardings, self.replicated
+        self._init_state = jax.jit(self._build_state, out_shardings=state_sh)
+        self._grad_step = jax.jit(grad_step, donate_argnums=0, out_shardings=(state_sh, repl))
+        self._apply_step = jax.jit(apply_step, donate_argnums=0, out_shardings=state_sh)
+        # Each batch's gradient where its parameter lives, one batch per data-parallel device.
+        grad_shardings = jax.tree_util.tree_map(
+            lambda s: NamedSharding(self.mesh, P("data", *s.spec)), self.state_shardings.grad_acc
+        )
+        group_step = data_parallel.make_group_step(exp.editor, loss_fn, acc_bs, self.mesh, grad_shardings)
+        self._group_step = jax.jit(group_step, donate_argnums=0, out_shardings=(state_sh, repl))
+        self._evaluate = jax.jit(jax.vmap(eval_one, in_axes=(None, None, None, 0)), out_shardings=repl)
         self._edit_only = jax.jit(edit_only)
 
     def init_state(self) -> TrainState:
-        state, self.optimizer = initial_state(self.config, self.exp.editor, self.exp.base_params)
-        return state
+        return self._init_state(self.base_params)
+
+    def _input(self, batch):
+        """A batch that every process builds in full, as the jitted functions take it."""
+        if jax.process_count() == 1:
+            return batch
+        return distributed.to_global(batch, jax.tree_util.tree_map(lambda _: self.replicated, batch))
+
+    def _train_inputs(self, indices):
+        """(batches, valid) of one data-parallel group: each process builds its own rows only."""
+        rows = data_parallel.padded(indices, self.n_data)
+        batches = distributed.global_batch(self.exp.train_data.train_batch, rows, sharding.over_data(self.mesh))
+        valid = np.arange(self.n_data) < len(indices)
+        return batches, distributed.to_global(valid, self.replicated)
 
     # ----- evaluation -------------------------------------------------------------
     def evaluate(self, state: TrainState, n_batches: Optional[int] = None, progress: bool = False) -> Dict[str, float]:
@@ -199,12 +243,12 @@ class Trainer:
         n = n_total if n_batches is None or n_batches < 0 else min(n_batches, n_total)
         chunk = max(1, min(self.config.eval_chunk, n))
         pieces = []
-        bar = progress_bar(n, "eval", enabled=progress)
+        bar = progress_bar(n, "eval", enabled=progress and distributed.is_main())
         start = time.perf_counter()
         for lo in range(0, n, chunk):
             idx = [min(i, n - 1) for i in range(lo, lo + chunk)]  # pad the last chunk to a static shape
-            batch = stack_batches([self.exp.val_data.eval_batch(i) for i in idx])
-            sums = jax.device_get(self._evaluate(state.params, state.stats, self.exp.base_params, batch))
+            batch = self._input(stack_batches([self.exp.val_data.eval_batch(i) for i in idx]))
+            sums = distributed.to_host(self._evaluate(state.params, state.stats, self.base_params, batch))
             keep = min(chunk, n - lo)
             pieces.append({k: np.asarray(v)[:keep] for k, v in sums.items()})
             bar.update(keep)
@@ -220,8 +264,9 @@ class Trainer:
 
     def time_edit(self, state: TrainState, repeats: int = 5) -> float:
         """Median wall time of one jitted edit (compiled beforehand)."""
-        batch = jax.tree_util.tree_map(jnp.asarray, self.exp.val_data.eval_batch(0))
-        run = lambda: jax.block_until_ready(self._edit_only(state.params, state.stats, self.exp.base_params, batch))
+        batch = self.exp.val_data.eval_batch(0)  # on the devices beforehand: the timing is the edit's alone
+        batch = distributed.to_global(batch, jax.tree_util.tree_map(lambda _: self.replicated, batch))
+        run = lambda: jax.block_until_ready(self._edit_only(state.params, state.stats, self.base_params, batch))
         run()
         times = []
         for _ in range(repeats):
@@ -233,33 +278,37 @@ class Trainer:
     # ----- the loop ---------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
         cfg = self.config
-        log = MetricLog(self.workdir)
+        main = distributed.is_main()  # files other than checkpoints come from process 0 alone
+        log = MetricLog(self.workdir, enabled=main)
         config_checks.check_resume(self.workdir, cfg)  # before anything is written
         ckpt = Checkpointer(self.workdir, async_save=cfg.async_checkpointing)
-        config_checks.save(self.workdir, cfg)
+        if main:
+            config_checks.save(self.workdir, cfg)
         state = self.init_state()
         if self.trains and not cfg.eval_only:
             check_free_space(ckpt.root, state_bytes(state))  # fail now, not at the first save
         restored = ckpt.restore(state, "latest")
         if restored is not None:
             state = restored
-            print(f"resumed from step {int(state.step)} in {self.workdir}")
+            print(f"resumed from step {_scalar(state.step)} in {self.workdir}")
         try:
             if not cfg.eval_only and self.trains:
                 state = self._train(state, ckpt, log)
             final_state = self._final_state(state, ckpt, cfg.eval_only and self.trains)
             if self.trains:  # the kept editor as shareable files (editing/editor_files.py)
-                save_editor(os.path.join(self.workdir, EDITOR_DIR), final_state.params, final_state.stats, cfg,
-                            {"alg": cfg.alg, "step": int(final_state.best_step)})
+                params, stats = distributed.to_host((final_state.params, final_state.stats))  # on every process
+                if main:
+                    save_editor(os.path.join(self.workdir, EDITOR_DIR), params, stats, cfg,
+                                {"alg": cfg.alg, "step": _scalar(final_state.best_step)})
             metrics = self.evaluate(final_state, cfg.final_eval_steps, progress=True)
-            log.scalars(int(final_state.step), with_suffix(metrics, "_val"), suffix="/final")
+            log.scalars(_scalar(final_state.step), with_suffix(metrics, "_val"), suffix="/final")
             results = {
                 "results": with_suffix(metrics, "_val"),
-                "step": int(final_state.step),
-                "kept_step": int(final_state.best_step),  # the validation step of the evaluated editor
-                "steps_trained": int(state.step),
+                "step": _scalar(final_state.step),
+                "kept_step": _scalar(final_state.best_step),  # the validation step of the evaluated editor
+                "steps_trained": _scalar(state.step),
                 # The run's own count (the kept editor's checkpoint holds the count at its step).
-                "n_skipped_batches": int(state.n_skipped),
+                "n_skipped_batches": _scalar(state.n_skipped),
                 "config": cfg.to_dict(),
             }
             results["results_path"] = log.write_results(results)
@@ -281,47 +330,67 @@ class Trainer:
         """Validation on `val_steps` batches; keeps the best editor by `loss/total_edit_val`."""
         val = self.evaluate(state, self.config.val_steps)
         log.scalars(step, with_suffix(val, "_val"))
-        if val["loss/total_edit"] < float(state.best_val):
-            best = {"best_val": jnp.float32(val["loss/total_edit"]), "best_step": jnp.int32(step)}
-            state = state.replace(**_committed(best))
+        if val["loss/total_edit"] < _scalar(state.best_val):
+            best = {"best_val": np.float32(val["loss/total_edit"]), "best_step": np.int32(step)}
+            shardings = {k: getattr(self.state_shardings, k) for k in best}
+            state = state.replace(**distributed.to_global(best, shardings))
             ckpt.save_best(step, state, with_suffix(val, "_val"))
         return state, val
 
+    def _train_group(self, state: TrainState, indices):
+        """The state after batches `indices`, and their metrics as a list of host-side dicts (lazily read)."""
+        if self.n_data == 1:
+            batch = self._input(self.exp.train_data.train_batch(indices[0]))
+            state, sums = self._grad_step(state, self.base_params, batch)
+            return state, [sums]
+        batches, valid = self._train_inputs(indices)
+        state, sums = self._group_step(state, self.base_params, batches, valid)
+        return state, [jax.tree_util.tree_map(lambda x, i=i: x[i], sums) for i in range(len(indices))]
+
     def _train(self, state: TrainState, ckpt: Checkpointer, log: MetricLog) -> TrainState:
         cfg = self.config
-        step = start = int(state.step)  # tracked on the host so the loop never waits on the device
-        bar = progress_bar(cfg.max_iters, "meta-train", initial=step)
+        step = start = _scalar(state.step)  # tracked on the host so the loop never waits on the device
+        bar = progress_bar(cfg.max_iters, "meta-train", initial=step, enabled=distributed.is_main())
         postfix: Dict[str, str] = {}
         recent, validated, stopped = [], None, False
-        window = DivergenceCheck(cfg.max_skipped_fraction, int(state.n_skipped), step)
+        window = DivergenceCheck(cfg.max_skipped_fraction, _scalar(state.n_skipped), step)
         while step < cfg.max_iters:
-            batch = self.exp.train_data.train_batch(step)
-            state, sums = self._grad_step(state, self.exp.base_params, batch)
-            if applies_update(step, cfg.accumulate_bs):
-                window.check(int(jax.device_get(state.n_skipped)), step)
+            # One batch, or with D data-parallel devices up to D batches ending on a multiple of D;
+            # config_checks.check_data_parallel puts every event below on such a group's last batch.
+            indices = data_parallel.group(step, self.n_data, cfg.max_iters)
+            state, sums = self._train_group(state, indices)
+            recent.extend(sums)
+            last = indices[-1]
+            if applies_update(last, cfg.accumulate_bs):
+                window.check(_scalar(state.n_skipped), last)
                 state = self._apply_step(state)
-            recent.append(sums)
-            if step % cfg.log_interval == 0:
-                train_metrics = {k: float(np.mean([jax.device_get(r[k]) for r in recent])) for k in recent[0]}
-                log.scalars(step, train_metrics)
+            if last % cfg.log_interval == 0:
+                train_metrics = {k: float(np.mean([distributed.to_host(r[k]) for r in recent])) for k in recent[0]}
+                log.scalars(last, train_metrics)
                 postfix["ES(train)"] = f"{train_metrics['edit/acc']:.2f}"
                 recent = []
-            if step % cfg.val_interval == 0:
-                state, val = self._validate(state, step, ckpt, log)
-                validated = step
+            if last % cfg.val_interval == 0:
+                state, val = self._validate(state, last, ckpt, log)
+                validated = last
                 postfix.update({"ES": f"{val['edit/acc']:.2f}", "DD": f"{val['drawdown']:.3g}"})
-                if step - int(state.best_step) >= cfg.early_stop_patience:
-                    print(f"early stop at step {step}: no better {BEST_METRIC} since step {int(state.best_step)}")
+                if last - _scalar(state.best_step) >= cfg.early_stop_patience:
+                    print(f"early stop at step {last}: no better {BEST_METRIC} since step {_scalar(state.best_step)}")
                     stopped = True
                     break
-            step += 1
-            if step % cfg.checkpoint_interval == 0:
+            step = last + 1
+            # With D > 1 the save after batch b with (b+1) % checkpoint_interval == 0 waits for its group's end.
+            if step % cfg.checkpoint_interval < len(indices):
                 ckpt.save_latest(step, state)
             bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
+            bar.update(len(indices))
         bar.close()
         if not stopped and step > start and validated != step - 1:
             # The reference validates only every val_interval steps; the last editor counts too.
             state, _ = self._validate(state, step - 1, ckpt, log)
-        ckpt.save_latest(int(state.step), state)
+        ckpt.save_latest(_scalar(state.step), state)
         return state
+
+
+def _scalar(x):
+    """A scalar of the train state as a Python number (on every process of a multi-host job)."""
+    return distributed.to_host(x).item()

@@ -14,7 +14,7 @@ import ml_collections
 
 from mend_jax.editors.base import EditTarget, Params, add_to_inner, edit_lrs_init
 from mend_jax.editors.idmlp import GradientTransform
-from mend_jax.editors.running_stats import RunningStats
+from mend_jax.editors.running_stats import RunningStats, batch_moments
 from mend_jax.models.factors import inner_factors
 
 
@@ -59,16 +59,20 @@ class MEND:
     def param_labels(self, params: Params):
         return {"nets": jax.tree_util.tree_map(lambda _: "editor", params["nets"]), "edit_lrs": "edit_lrs"}
 
+    def _rows(self, factors, path):
+        """(x rows, δ rows, the rows that are non-zero on both sides) of one inner matrix."""
+        x, delta = factors[path]
+        x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+        delta = delta.reshape(-1, delta.shape[-1]).astype(jnp.float32)
+        return x, delta, jnp.any(x != 0, -1) & jnp.any(delta != 0, -1)
+
     def pseudo_gradients(self, params: Params, stats, factors, train: bool):
         """{inner path: Σ_rows ũ ⊗ δ̃} and the updated statistics."""
         stats = dict(stats)
         grads = {}
         # Sequential over matrices, in config order, as the reference updates shared statistics.
         for path, (key, mode) in zip(self.target.inner_paths, self.assignment):
-            x, delta = factors[path]
-            x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
-            delta = delta.reshape(-1, delta.shape[-1]).astype(jnp.float32)
-            rows = jnp.any(x != 0, -1) & jnp.any(delta != 0, -1)
+            x, delta, rows = self._rows(factors, path)
             if train:
                 stats[key] = {"x": stats[key]["x"].update(x, rows), "delta": stats[key]["delta"].update(delta, rows)}
             if self.cfg.norm:
@@ -77,6 +81,28 @@ class MEND:
             u = u * rows[:, None].astype(u.dtype)
             grads[path] = jnp.einsum("ri,ro->io", u, d)
         return grads, stats
+
+    # Data-parallel training (data_parallel.py) needs the statistics each batch of a window starts
+    # from before any batch is edited: the moments of every batch first, merged in order after.
+    def stats_moments(self, params: Params, base_params: Params, edit_batch):
+        """The moments that `edit(train=True)` merges into the statistics, one per inner matrix in
+        config order; they depend on the batch and the base model only."""
+        del params
+        _, _, factors = inner_factors(
+            self.target.module, base_params, self.target.inner_paths, self.target.nll, edit_batch
+        )
+        moments = []
+        for path in self.target.inner_paths:
+            x, delta, rows = self._rows(factors, path)
+            moments.append({"x": batch_moments(x, rows), "delta": batch_moments(delta, rows)})
+        return tuple(moments)
+
+    def merge_moments(self, stats, moments):
+        """The statistics after `edit(train=True)` on the batch whose `stats_moments` these are."""
+        stats = dict(stats)
+        for (key, _), m in zip(self.assignment, moments):
+            stats[key] = {"x": stats[key]["x"].merge(m["x"]), "delta": stats[key]["delta"].merge(m["delta"])}
+        return stats
 
     def edit(self, params: Params, stats, base_params: Params, edit_batch, train: bool):
         loss, logits, factors = inner_factors(

@@ -23,15 +23,16 @@ class RunningStats(NamedTuple):
         return cls(jnp.zeros((), jnp.float32), jnp.zeros((dim,), jnp.float32), jnp.zeros((dim,), jnp.float32))
 
     def update(self, rows: jax.Array, mask: jax.Array) -> "RunningStats":
-        w = mask.astype(jnp.float32)[:, None]
-        n = w.sum()
-        batch_mean = (rows * w).sum(0) / jnp.maximum(n, 1.0)
-        batch_m2 = (jnp.square(rows - batch_mean) * w).sum(0)
+        return self.merge(batch_moments(rows, mask))
+
+    def merge(self, batch: "RunningStats") -> "RunningStats":
+        """These statistics combined with those of a disjoint set of rows (Chan et al.)."""
+        n = batch.count
         total = self.count + n
-        diff = batch_mean - self.mean
+        diff = batch.mean - self.mean
         safe_total = jnp.maximum(total, 1.0)
         mean = self.mean + diff * n / safe_total
-        m2 = self.m2 + batch_m2 + jnp.square(diff) * self.count * n / safe_total
+        m2 = self.m2 + batch.m2 + jnp.square(diff) * self.count * n / safe_total
         return RunningStats(total, mean, m2)
 
     @property
@@ -41,3 +42,11 @@ class RunningStats(NamedTuple):
 
     def normalize(self, rows: jax.Array) -> jax.Array:
         return (rows - self.mean) / (self.std + EPS)
+
+
+def batch_moments(rows: jax.Array, mask: jax.Array) -> RunningStats:
+    """The statistics of the rows of `rows` inside `mask` alone."""
+    w = mask.astype(jnp.float32)[:, None]
+    n = w.sum()
+    mean = (rows * w).sum(0) / jnp.maximum(n, 1.0)
+    return RunningStats(n, mean, (jnp.square(rows - mean) * w).sum(0))

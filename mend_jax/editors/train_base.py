@@ -81,3 +81,8 @@ class TrainableBase:
 
     def edit(self, params: Params, stats, base_params: Params, edit_batch, train: bool):
         return self.editor.edit(params["editor"], stats, self.current_base(params, base_params), edit_batch, train)
+
+    def stats_moments(self, params: Params, base_params: Params, edit_batch):
+        """The wrapped editor's, taken on the current base. data_parallel.py calls it only when
+        the wrapped editor has merge_moments (which __getattr__ passes through)."""
+        return self.editor.stats_moments(params["editor"], self.current_base(params, base_params), edit_batch)
