@@ -3,7 +3,10 @@
 The jitted pieces are pure functions of one train-state pytree:
 `grad_step` accumulates the gradient of one batch (skipping non-finite ones),
 `apply_step` clips and applies the accumulated gradient every `accumulate_bs`
-batches, and `evaluate` scores many single edits at once with vmap.
+batches, and `evaluate` scores many single edits at once with vmap. On a mesh with
+several data-parallel devices, `group_step` (data_parallel.py) takes one batch per
+device in place of that many `grad_step`s; the state and the base model live where
+the sharding rules put them (sharding.py).
 """
 import dataclasses
 import os
@@ -338,7 +341,7 @@ class Trainer:
         return state, val
 
     def _train_group(self, state: TrainState, indices):
-        """The state after batches `indices`, and their metrics as a list of host-side dicts (lazily read)."""
+        """The state after batches `indices`, and one dict of device arrays per batch (read when logged)."""
         if self.n_data == 1:
             batch = self._input(self.exp.train_data.train_batch(indices[0]))
             state, sums = self._grad_step(state, self.base_params, batch)
