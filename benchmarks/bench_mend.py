@@ -64,6 +64,28 @@ MODELS = {
 }
 
 
+def build(model: str, dtype=jnp.float32):
+    """(EditTarget, random parameters, one meta-training batch) of `model`'s shape and inner params."""
+    make_config, (experiment, arg), make_batch, edit_shape, loc_shape, shift = MODELS[model]
+    hf_config = make_config()
+    inner = list(common.load_config(experiment, arg).model.inner_params)
+    module = models.build_module(hf_config, dtype=dtype)
+    params = models.init_params(module, jax.random.PRNGKey(0))
+    target = EditTarget(module, tuple(models.inner_param_paths(module, params, inner)), tuple(inner), shift)
+    rng = np.random.default_rng(0)
+    edit = make_batch(rng, hf_config.vocab_size, *edit_shape)
+    batch = {"edit_inner": edit, "edit_outer": edit, "loc": make_batch(rng, hf_config.vocab_size, *loc_shape)}
+    return target, params, batch
+
+
+def one_batch_trainer(config, target, params, batch, workdir: str, devices=None) -> Trainer:
+    """A MEND Trainer whose training and validation data are `batch` alone."""
+    editor = MEND(target, params, config.mend, edit_lr=config.edit_lr)
+    data = type("OneBatch", (), {"train_batch": lambda self, step: batch, "eval_batch": lambda self, i: batch,
+                                 "n_eval_batches": 1})()
+    return Trainer(config, Experiment(editor, target, params, data, data, lambda m: 0.0), workdir, devices=devices)
+
+
 def timed(fn, steps):
     jax.block_until_ready(fn())  # compile
     times = []
@@ -88,22 +110,10 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
 
-    make_config, (experiment, arg), make_batch, edit_shape, loc_shape, shift = MODELS[args.model]
-    hf_config = make_config()
-    inner = list(common.load_config(experiment, arg).model.inner_params)
-    dtype = jnp.float32 if args.dtype == "float32" else jnp.bfloat16
-    module = models.build_module(hf_config, dtype=dtype)
-    params = models.init_params(module, jax.random.PRNGKey(0))
-    target = EditTarget(module, tuple(models.inner_param_paths(module, params, inner)), tuple(inner), shift)
+    target, params, batch = build(args.model, jnp.float32 if args.dtype == "float32" else jnp.bfloat16)
+    edit = batch["edit_inner"]
     config = config_lib.apply_alg_defaults(config_lib.base_config())
-    editor = MEND(target, params, config.mend, edit_lr=config.edit_lr)
-
-    rng = np.random.default_rng(0)
-    edit = make_batch(rng, hf_config.vocab_size, *edit_shape)
-    batch = {"edit_inner": edit, "edit_outer": edit, "loc": make_batch(rng, hf_config.vocab_size, *loc_shape)}
-    data = type("OneBatch", (), {"train_batch": lambda self, step: batch, "eval_batch": lambda self, i: batch,
-                                 "n_eval_batches": 1})()
-    trainer = Trainer(config, Experiment(editor, target, params, data, data, lambda m: 0.0), workdir="/tmp/bench_mend")
+    trainer = one_batch_trainer(config, target, params, batch, "/tmp/bench_mend")
     state = trainer.init_state()
 
     def train_step():

@@ -19,15 +19,10 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import bench_mend
-import common
-from mend_jax import config_lib, data_parallel, models
-from mend_jax.editors.base import EditTarget
-from mend_jax.editors.mend import MEND
-from mend_jax.trainer import Experiment, Trainer
+from mend_jax import config_lib
 
 MESHES = [(1, 1), (1, 2), (1, 4), (1, 8), (2, 1), (8, 1), (2, 4)]
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
@@ -48,28 +43,12 @@ def collective_bytes(hlo: str) -> dict:
     return totals
 
 
-def build(model: str):
-    make_config, (experiment, arg), make_batch, edit_shape, loc_shape, shift = bench_mend.MODELS[model]
-    hf_config = make_config()
-    inner = list(common.load_config(experiment, arg).model.inner_params)
-    module = models.build_module(hf_config)
-    params = models.init_params(module, jax.random.PRNGKey(0))
-    target = EditTarget(module, tuple(models.inner_param_paths(module, params, inner)), tuple(inner), shift)
-    rng = np.random.default_rng(0)
-    edit = make_batch(rng, hf_config.vocab_size, *edit_shape)
-    batch = {"edit_inner": edit, "edit_outer": edit, "loc": make_batch(rng, hf_config.vocab_size, *loc_shape)}
-    return target, params, batch
-
-
 def measure(target, params, batch, data: int, fsdp: int, steps: int) -> dict:
     config = config_lib.apply_alg_defaults(config_lib.base_config())
     config.accumulate_bs = config.log_interval = config.val_interval = 8  # multiples of every data axis here
     config.mesh.data, config.mesh.fsdp = data, fsdp
-    editor = MEND(target, params, config.mend, edit_lr=config.edit_lr)
-    source = type("OneBatch", (), {"train_batch": lambda self, step: batch, "eval_batch": lambda self, i: batch,
-                                   "n_eval_batches": 1})()
-    experiment = Experiment(editor, target, params, source, source, lambda m: 0.0)
-    trainer = Trainer(config, experiment, "/tmp/bench_scaling", devices=jax.devices()[: data * fsdp])
+    trainer = bench_mend.one_batch_trainer(config, target, params, batch, "/tmp/bench_scaling",
+                                           devices=jax.devices()[: data * fsdp])
     state = trainer.init_state()
     if data == 1:
         step_fn, args = trainer._grad_step, (trainer.base_params, batch)
@@ -101,7 +80,6 @@ def measure(target, params, batch, data: int, fsdp: int, steps: int) -> dict:
         "aliased": memory.alias_size_in_bytes,  # donated state: arguments that the outputs reuse
         "collectives": sum(collectives.values()),
         "gflops": flops / 1e9,
-        "by_collective": collectives,
     }
 
 
@@ -114,7 +92,7 @@ def main():
     meshes = [tuple(int(v) for v in m.split("x")) for m in args.meshes.split(",")]
     if max(d * f for d, f in meshes) > jax.device_count():
         raise SystemExit(f"{jax.device_count()} devices; run with XLA_FLAGS=--xla_force_host_platform_device_count=8")
-    target, params, batch = build(args.model)
+    target, params, batch = bench_mend.build(args.model)
     mib = lambda b: f"{b / 2**20:.0f}"
     print(f"MEND meta-train step on {args.model} shapes, fp32, {jax.devices()[0].platform} devices "
           f"({jax.devices()[0].device_kind}); batches per step = data; bytes per device")

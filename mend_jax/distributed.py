@@ -58,8 +58,7 @@ def to_global(tree: Any, shardings: Any) -> Any:
     """Host values that every process holds in full, as global arrays laid out by `shardings`."""
 
     def one(value, sharding: NamedSharding):
-        value = np.asarray(value) if not isinstance(value, jax.Array) else value
-        if isinstance(value, jax.Array) and value.is_fully_addressable and jax.process_count() == 1:
+        if jax.process_count() == 1:
             return jax.device_put(value, sharding)
         host = np.asarray(value)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])

@@ -225,11 +225,13 @@ class Trainer:
     def init_state(self) -> TrainState:
         return self._init_state(self.base_params)
 
-    def _input(self, batch):
-        """A batch that every process builds in full, as the jitted functions take it."""
-        if jax.process_count() == 1:
-            return batch
+    def _replicate(self, batch):
+        """A batch that every process builds in full, on every device of the mesh."""
         return distributed.to_global(batch, jax.tree_util.tree_map(lambda _: self.replicated, batch))
+
+    def _input(self, batch):
+        """A batch as the jitted functions take it: host arrays as they are on one process."""
+        return batch if jax.process_count() == 1 else self._replicate(batch)
 
     def _train_inputs(self, indices):
         """(batches, valid) of one data-parallel group: each process builds its own rows only."""
@@ -267,8 +269,7 @@ class Trainer:
 
     def time_edit(self, state: TrainState, repeats: int = 5) -> float:
         """Median wall time of one jitted edit (compiled beforehand)."""
-        batch = self.exp.val_data.eval_batch(0)  # on the devices beforehand: the timing is the edit's alone
-        batch = distributed.to_global(batch, jax.tree_util.tree_map(lambda _: self.replicated, batch))
+        batch = self._replicate(self.exp.val_data.eval_batch(0))  # on the devices first: time the edit alone
         run = lambda: jax.block_until_ready(self._edit_only(state.params, state.stats, self.base_params, batch))
         run()
         times = []

@@ -19,7 +19,7 @@ from mend_jax.config_checks import ConfigError, check_data_parallel
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_case(*args, devices: int = 8, timeout: int = 1500, **env):
+def run_case(*args, devices: int = 8, **env):
     environ = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
                "JAX_PLATFORMS": "cpu", **env}
     return subprocess.Popen([sys.executable, "-m", "tests.mesh_cases", *args], cwd=REPO, env=environ,
