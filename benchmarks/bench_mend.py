@@ -19,11 +19,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import transformers
 
 import common
 from mend_jax import config_lib, models
 from mend_jax.editors.base import EditTarget
+from mend_jax.models.architectures import ARCHITECTURES
 from mend_jax.editors.mend import MEND
 from mend_jax.trainer import Experiment, Trainer
 
@@ -47,30 +47,30 @@ def claim_batch(rng, vocab, length, _):
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": rng.integers(0, 2, (1,)).astype(np.int32)}
 
 
-# name: (HF config, (experiment, config argument) naming the inner params, batch builder,
-#        (edit length, edit labels), (locality length, locality labels), loss shifts labels)
-MODELS = {
-    "distilgpt2": (lambda: transformers.GPT2Config(vocab_size=50258, n_layer=6, n_embd=768, n_head=12),
-                   ("gen", "distilgpt2"), lm_batch, (30, 10), (200, 199), True),
-    "t5-small": (lambda: transformers.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8,
-                                               num_heads=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False),
-                 ("qa", "t5-small"), seq2seq_batch, (32, 8), (32, 8), False),
-    "bart-base": (lambda: transformers.BartConfig(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
-                                                  encoder_attention_heads=12, decoder_attention_heads=12,
-                                                  encoder_ffn_dim=3072, decoder_ffn_dim=3072),
-                  ("qa", "bart-base"), seq2seq_batch, (32, 8), (32, 8), True),
-    "bert-base": (lambda: transformers.BertConfig(num_labels=1, architectures=["BertForSequenceClassification"]),
-                  ("fc", "bert-base"), claim_batch, (32, None), (32, None), False),
+# The batch of each task: (builder, (edit length, edit labels), (locality length, locality labels),
+# loss shifts labels). Models and inner params: mend_jax.models.architectures.
+TASK_BATCHES = {
+    "gen": (lm_batch, (30, 10), (200, 199), True),
+    "qa": (seq2seq_batch, (32, 8), (32, 8), False),
+    "fc": (claim_batch, (32, None), (32, None), False),
 }
+BART_BATCH = (seq2seq_batch, (32, 8), (32, 8), True)  # BART's labels are shifted like a decoder's
+MODELS = sorted(ARCHITECTURES)
 
 
-def build(model: str, dtype=jnp.float32):
-    """(EditTarget, random parameters, one meta-training batch) of `model`'s shape and inner params."""
-    make_config, (experiment, arg), make_batch, edit_shape, loc_shape, shift = MODELS[model]
-    hf_config = make_config()
-    inner = list(common.load_config(experiment, arg).model.inner_params)
-    module = models.build_module(hf_config, dtype=dtype)
-    params = models.init_params(module, jax.random.PRNGKey(0))
+def batch_spec(model: str):
+    return BART_BATCH if model.startswith("bart") else TASK_BATCHES[ARCHITECTURES[model].experiment]
+
+
+def build(model: str, dtype=jnp.float32, abstract: bool = False, remat: str = "none"):
+    """(EditTarget, parameters, one meta-training batch) of `model`'s shape and inner params.
+    The parameters are random, or with `abstract` only their shapes (nothing is allocated)."""
+    arch = ARCHITECTURES[model]
+    make_batch, edit_shape, loc_shape, shift = batch_spec(model)
+    hf_config = arch.make_config()
+    inner = list(common.load_config(arch.experiment, arch.arg).model.inner_params)
+    module = models.build_module(hf_config, dtype=dtype, remat=remat)
+    params = models.api.param_shapes(module) if abstract else models.init_params(module, jax.random.PRNGKey(0))
     target = EditTarget(module, tuple(models.inner_param_paths(module, params, inner)), tuple(inner), shift)
     rng = np.random.default_rng(0)
     edit = make_batch(rng, hf_config.vocab_size, *edit_shape)
@@ -105,7 +105,7 @@ def peak_memory_mb():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="distilgpt2", choices=sorted(MODELS))
+    ap.add_argument("--model", default="distilgpt2", choices=MODELS)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()

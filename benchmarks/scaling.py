@@ -85,7 +85,7 @@ def measure(target, params, batch, data: int, fsdp: int, steps: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="distilgpt2", choices=sorted(bench_mend.MODELS))
+    ap.add_argument("--model", default="distilgpt2", choices=bench_mend.MODELS)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--meshes", default=",".join(f"{d}x{f}" for d, f in MESHES), help="DATAxFSDP,...")
     args = ap.parse_args()

@@ -6,18 +6,27 @@
   python -m mend_jax.train --config=configs/gen.py:distilgpt2 --config.data.loc_source=tfds:wiki40b/en
 
   python -m mend_jax.train --config=configs/gen.py:world_small  # a smaller world, built in ~2 min
+  python -m mend_jax.train --config=configs/gen.py:gpt-j-6b --config.model.dtype=bfloat16 --config.model.remat=full
 
-Arguments: world (default), world_small, distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+Arguments: world (default), world_small, distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl, and the
+large decoders of LARGE_DECODERS: gpt-neo-2.7b and gpt-j-6b (the paper's), llama3-8b and qwen2.5-7b.
 """
 from mend_jax import config_lib
 
 GPT2_LAYERS = {"gpt2": 12, "gpt2-medium": 24, "gpt2-large": 36, "gpt2-xl": 48}
+# Hub name, layers, the MLP matrices edited in each of the last 3 blocks, and the layers' prefix.
+# GPT-Neo and GPT-J: the reference's config/model (MLP in and out); Llama-family: the three
+# SwiGLU matrices, the usual choice in current editing papers.
+LARGE_DECODERS = {
+    "gpt-neo-2.7b": ("EleutherAI/gpt-neo-2.7B", 32, ("c_fc", "c_proj"), "transformer.h"),
+    "gpt-j-6b": ("EleutherAI/gpt-j-6B", 28, ("fc_in", "fc_out"), "transformer.h"),
+    "llama3-8b": ("meta-llama/Meta-Llama-3-8B", 32, ("gate_proj", "up_proj", "down_proj"), "model.layers"),
+    "qwen2.5-7b": ("Qwen/Qwen2.5-7B", 28, ("gate_proj", "up_proj", "down_proj"), "model.layers"),
+}
 
 
-def last_mlp_blocks(n_layer: int, n_blocks: int = 3):
-    return [
-        f"transformer.h.{i}.mlp.{m}.weight" for i in range(n_layer - n_blocks, n_layer) for m in ("c_fc", "c_proj")
-    ]
+def last_mlp_blocks(n_layer: int, n_blocks: int = 3, matrices=("c_fc", "c_proj"), prefix="transformer.h"):
+    return [f"{prefix}.{i}.mlp.{m}.weight" for i in range(n_layer - n_blocks, n_layer) for m in matrices]
 
 
 def get_config(arg: str = None):
@@ -40,6 +49,11 @@ def get_config(arg: str = None):
         c.model.name = arg
         c.model.tokenizer = arg
         c.model.inner_params = last_mlp_blocks(GPT2_LAYERS[arg])
+    elif arg in LARGE_DECODERS:
+        name, n_layer, matrices, prefix = LARGE_DECODERS[arg]
+        c.model.name = c.model.tokenizer = name
+        c.model.inner_params = last_mlp_blocks(n_layer, matrices=matrices, prefix=prefix)
     else:
-        raise ValueError(f"configs/gen.py: unknown argument {arg!r}; use world, world_small, distilgpt2 or one of {sorted(GPT2_LAYERS)}")
+        raise ValueError(f"configs/gen.py: unknown argument {arg!r}; use world, world_small, distilgpt2 or one of "
+                         f"{sorted(GPT2_LAYERS) + sorted(LARGE_DECODERS)}")
     return c

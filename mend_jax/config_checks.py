@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Tuple
 
 import ml_collections
 
+from mend_jax.models.layers import REMAT_POLICIES
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key."""
@@ -20,6 +22,8 @@ RESUMABLE_KEYS = (
     "checkpoint_interval", "eval_chunk", "async_checkpointing", "max_skipped_fraction",
     # Where the state lives: a run may resume on another mesh (data_parallel.py keeps the numbers).
     "mesh.data", "mesh.fsdp", "sharding.rules", "sharding.min_size",
+    # Rematerialisation recomputes the same values instead of storing them.
+    "model.remat",
 )
 # With D devices on the data axis, a step takes D batches; these must fall on its last one.
 DATA_PARALLEL_MULTIPLES = ("accumulate_bs", "log_interval", "val_interval")
@@ -51,11 +55,23 @@ def _bad(key: str, value, expected: str) -> ConfigError:
     return ConfigError(f"--config.{key}={value!r}: {expected}")
 
 
+# Keys that take one of a few names.
+CHOICES = {"model.dtype": ("float32", "bfloat16"), "model.remat": tuple(REMAT_POLICIES)}
+
+
+def check_model_keys(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for a model key outside its choices, before the model is loaded."""
+    for key, allowed in CHOICES.items():
+        if _has(config, key) and get(config, key) not in allowed:
+            raise _bad(key, get(config, key), f"must be one of {', '.join(allowed)}")
+
+
 def validate(config: ml_collections.ConfigDict, trains: bool = True) -> None:
     """Raises ConfigError for values that would fail (or mean nothing) only after the model is built.
 
     `trains`: the algorithm meta-trains (FT does not, so its schedule keys do not matter).
     """
+    check_model_keys(config)
     for key in POSITIVE_INTS:
         if _has(config, key):
             value = get(config, key)

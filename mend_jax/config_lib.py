@@ -109,7 +109,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(
         # inner_params is a tuple so that it can be set on the command line (README, "Running experiments").
-        dict(name="", tokenizer="", inner_params=(), dtype="float32", pad_token_fix=False)
+        # dtype: the base model's weights and compute (the editor stays float32); remat: which
+        # activations each layer recomputes in the backward pass (models/layers.py REMAT_POLICIES).
+        dict(name="", tokenizer="", inner_params=(), dtype="float32", remat="none", pad_token_fix=False)
     )
     c.data = ml_collections.ConfigDict(
         dict(

@@ -55,9 +55,13 @@ def is_main() -> bool:
 
 
 def to_global(tree: Any, shardings: Any) -> Any:
-    """Host values that every process holds in full, as global arrays laid out by `shardings`."""
+    """Host values that every process holds in full, as global arrays laid out by `shardings`.
+    Abstract values (jax.ShapeDtypeStruct) stay abstract, with the sharding attached: a memory
+    plan compiles the steps for them without allocating anything."""
 
     def one(value, sharding: NamedSharding):
+        if isinstance(value, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
         if jax.process_count() == 1:
             return jax.device_put(value, sharding)
         host = np.asarray(value)

@@ -8,7 +8,7 @@ import ml_collections
 import transformers
 
 from mend_jax import config_lib, editors, models
-from mend_jax.config_checks import ConfigError
+from mend_jax.config_checks import ConfigError, check_model_keys
 from mend_jax.data import counterfact, tfds_source
 from mend_jax.data.fever import FeverDataset, fever_path
 from mend_jax.data.gen import GenDataset, find_wikitext, load_self_sample, self_sample_path
@@ -39,11 +39,8 @@ def _resolve_world(config):
 
 
 def load_model_and_tokenizer(config: ml_collections.ConfigDict, model_dir: str, tokenizer_dir: str):
-    try:
-        dtype = DTYPES[config.model.dtype]
-    except KeyError:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}") from None
-    module, params = models.load_pretrained(model_dir, dtype=dtype)
+    check_model_keys(config)
+    module, params = models.load_pretrained(model_dir, dtype=DTYPES[config.model.dtype], remat=config.model.remat)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     tokenizer.padding_side = "right"
     if config.model.pad_token_fix and tokenizer.pad_token_id is None:

@@ -25,6 +25,34 @@ def save_and_load(pt_model, directory, **save_kwargs):
     return load_pretrained(directory)
 
 
+def random_pretrained(pt_class, hf_config, directory, seed=0):
+    """(PyTorch model, Flax module, params): a random `pt_class` with every weight moved off its
+    initial value (non-trivial biases and norms), loaded through the real loading path."""
+    torch.manual_seed(seed)
+    pt = pt_class(hf_config).eval()
+    with torch.no_grad():
+        for p in pt.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    module, params = save_and_load(pt, directory)
+    return pt, module, params
+
+
+def check_causal_lm(pt_model, module, params, vocab, names, directory):
+    """A decoder's logits with right padding, its inner-param gradients and MEND factors on a
+    loss over the later tokens, and its save_pretrained round trip, all against PyTorch."""
+    ids, mask = padded_batch(vocab)
+    assert_logits_match(pt_model, module, params, {"input_ids": ids, "attention_mask": mask}, valid=mask)
+    ids, mask = padded_batch(vocab, seed=1)
+    labels = np.where(mask > 0, ids, losses.IGNORE)
+    labels[:, :3] = losses.IGNORE
+    check_gradients_and_factors(
+        pt_model, module, params, {"input_ids": ids, "attention_mask": mask}, labels, names, shift=True
+    )
+    ids, mask = padded_batch(vocab, seed=2)
+    check_round_trip(type(pt_model), module, perturb_params(params), {"input_ids": ids, "attention_mask": mask},
+                     directory, mask)
+
+
 def padded_batch(vocab, batch=3, length=9, seed=0, min_id=3):
     """Right-padded ids and mask; row i has i*2 pad positions."""
     rng = np.random.RandomState(seed)

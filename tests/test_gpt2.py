@@ -1,7 +1,6 @@
 """GPT-2 parity with transformers PyTorch: logits, gradients, factors, round trip."""
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from mend_jax.models import add_pad_token, inner_param_paths, load_pretrained
@@ -12,41 +11,12 @@ INNER = ["transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight",
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4)
-    pt = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():  # non-trivial biases and norms
-        for p in pt.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    module, params = parity.save_and_load(pt, tmp_path_factory.mktemp("gpt2"))
-    return pt, module, params
+    return parity.random_pretrained(transformers.GPT2LMHeadModel, cfg, tmp_path_factory.mktemp("gpt2"))
 
 
-def test_logits_match_with_padding(tiny):
-    pt, module, params = tiny
-    ids, mask = parity.padded_batch(97)
-    inputs = {"input_ids": ids, "attention_mask": mask}
-    assert module.apply({"params": params}, input_ids=ids, attention_mask=mask).shape == (3, 9, 97)
-    parity.assert_logits_match(pt, module, params, inputs, valid=mask)
-
-
-def test_gradients_and_factors_match(tiny):
-    pt, module, params = tiny
-    ids, mask = parity.padded_batch(97, seed=1)
-    labels = np.where(mask > 0, ids, -100)
-    labels[:, :3] = -100
-    parity.check_gradients_and_factors(
-        pt, module, params, {"input_ids": ids, "attention_mask": mask}, labels, INNER, shift=True
-    )
-
-
-def test_round_trip(tiny, tmp_path):
-    _, module, params = tiny
-    ids, mask = parity.padded_batch(97, seed=2)
-    params = parity.perturb_params(params)
-    parity.check_round_trip(
-        transformers.GPT2LMHeadModel, module, params, {"input_ids": ids, "attention_mask": mask}, tmp_path, mask
-    )
+def test_logits_gradients_factors_and_round_trip_match(tiny, tmp_path):
+    parity.check_causal_lm(*tiny, 97, INNER, tmp_path)
 
 
 def test_checkpoint_without_backbone_prefix_loads(tiny, tmp_path):

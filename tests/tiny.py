@@ -121,3 +121,41 @@ def latest_state(trainer, workdir):
         return ckpt.restore(trainer.init_state(), "latest")
     finally:
         ckpt.close()
+
+
+# Tiny random decoders of every causal-LM family, with the inner params the gen configs edit
+# in them (the MLPs of the last two of three layers): factory -> (transformers config, names).
+def _mlp_names(prefix: str, matrices, layers=(1, 2)):
+    return tuple(f"{prefix}.{i}.mlp.{m}.weight" for i in layers for m in matrices)
+
+
+def _decoder_configs():
+    vocab, width = 61, 16
+    llama_like = dict(vocab_size=vocab, hidden_size=width, intermediate_size=24, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    llama_mlp = _mlp_names("model.layers", ("gate_proj", "up_proj", "down_proj"))
+    return {
+        "gpt2": (lambda: transformers.GPT2Config(vocab_size=vocab, n_positions=32, n_embd=width, n_layer=3, n_head=2),
+                 GPT2_INNER),
+        "gpt_neo": (lambda: transformers.GPTNeoConfig(
+            vocab_size=vocab, max_position_embeddings=32, hidden_size=width, num_layers=3, num_heads=2,
+            attention_types=[[["global", "local", "global"], 1]], window_size=4),
+            _mlp_names("transformer.h", ("c_fc", "c_proj"))),
+        "gptj": (lambda: transformers.GPTJConfig(vocab_size=vocab, n_positions=32, n_embd=width, n_layer=3, n_head=2,
+                                                 rotary_dim=4),
+                 _mlp_names("transformer.h", ("fc_in", "fc_out"))),
+        "llama": (lambda: transformers.LlamaConfig(**llama_like), llama_mlp),
+        "qwen2": (lambda: transformers.Qwen2Config(**llama_like, tie_word_embeddings=True), llama_mlp),
+        "mistral": (lambda: transformers.MistralConfig(**llama_like, sliding_window=4), llama_mlp),
+    }
+
+
+DECODERS = _decoder_configs()
+
+
+def tiny_decoder(model_type: str, seed=0, **build_kwargs):
+    """(module, params, EditTarget) of a tiny random `model_type` decoder."""
+    make_config, names = DECODERS[model_type]
+    module = models.build_module(make_config(), **build_kwargs)
+    params = models.init_params(module, jax.random.PRNGKey(seed))
+    return module, params, gpt2_target(module, params, names)

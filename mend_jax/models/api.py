@@ -7,9 +7,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from mend_jax.models import convert, hub
 from mend_jax.models.checkpoint_io import CheckpointError, read_state_dict, write_safetensors
+from mend_jax.models.layers import check_remat
 from mend_jax.models.registry import Family, dummy_inputs, get_family
 
 Path = Tuple[str, ...]
@@ -37,9 +39,11 @@ def read_config(directory: str):
     return family, family.config_class.from_dict(raw)
 
 
-def build_module(hf_config, dtype=jnp.float32, param_dtype=None) -> nn.Module:
+def build_module(hf_config, dtype=jnp.float32, param_dtype=None, remat: str = "none") -> nn.Module:
+    """The Flax module of a Hugging Face config: computing in `dtype`, holding its weights in
+    `param_dtype` (default: `dtype`), each layer rematerialised as `remat` names (layers.REMAT_POLICIES)."""
     family = get_family(hf_config.model_type)
-    return family.build(hf_config, dtype=dtype, param_dtype=param_dtype or dtype)
+    return family.build(hf_config, dtype=dtype, param_dtype=param_dtype or dtype, remat=check_remat(remat))
 
 
 def init_params(module: nn.Module, rng: jax.Array) -> Dict:
@@ -51,7 +55,9 @@ def param_shapes(module: nn.Module) -> Dict:
     return jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0)))
 
 
-def load_pretrained(name_or_path: str, dtype=jnp.float32, param_dtype=None) -> Tuple[nn.Module, Dict]:
+def load_pretrained(
+    name_or_path: str, dtype=jnp.float32, param_dtype=None, remat: str = "none"
+) -> Tuple[nn.Module, Dict]:
     """Loads a Hugging Face checkpoint (local directory or hub name) as (module, params).
 
     Reads model.safetensors (sharded too), flax_model.msgpack, or pytorch_model.bin
@@ -59,7 +65,7 @@ def load_pretrained(name_or_path: str, dtype=jnp.float32, param_dtype=None) -> T
     """
     directory = hub.resolve(name_or_path)
     family, hf_config = read_config(directory)
-    module = build_module(hf_config, dtype, param_dtype)
+    module = build_module(hf_config, dtype, param_dtype, remat)
     state = read_state_dict(directory)
     shapes = param_shapes(module)
     needs_init = any(family.optional(n) and n not in state for n in convert.torch_names(shapes))
@@ -83,14 +89,23 @@ def inner_param_paths(module: nn.Module, params: Dict, names: Sequence[str]) -> 
 
 
 def add_pad_token(module: nn.Module, params: Dict, tokenizer=None) -> Tuple[nn.Module, Dict]:
-    """The reference's GPT-2 fix: add '[PAD]' and grow the embedding by one mean row."""
+    """The reference's GPT-2 fix, for any decoder: add '[PAD]' and grow the token embedding by
+    one mean row (and an untied `lm_head` by one mean output, bias included)."""
+    family = family_of(module)
+    if not family.embedding_path:
+        raise ValueError(f"{family.model_type} models have no pad-token fix; their tokenizers have a pad token")
     cfg = module.config.__class__.from_dict(module.config.to_dict())
-    wte = params["transformer"]["wte"]["embedding"]
-    new_row = wte.mean(axis=0, keepdims=True)
-    params = jax.tree_util.tree_map(lambda x: x, params)  # shallow-safe copy of the nested dicts
-    params["transformer"]["wte"]["embedding"] = jnp.concatenate([wte, new_row], axis=0)
-    cfg.pad_token_id = wte.shape[0]
-    cfg.vocab_size = wte.shape[0] + 1
+    flat = dict(traverse_util.flatten_dict(params))  # a new tree: the caller's stays as it was
+    table_path = family.embedding_path + ("embedding",)
+    vocab = flat[table_path].shape[0]
+    flat[table_path] = _append_mean(flat[table_path], axis=0)
+    if ("lm_head", "kernel") in flat and flat[("lm_head", "kernel")].shape[-1] == vocab:
+        flat[("lm_head", "kernel")] = _append_mean(flat[("lm_head", "kernel")], axis=1)
+        if ("lm_head", "bias") in flat:
+            flat[("lm_head", "bias")] = _append_mean(flat[("lm_head", "bias")], axis=0)
+    params = traverse_util.unflatten_dict(flat)
+    cfg.pad_token_id = vocab
+    cfg.vocab_size = vocab + 1
     if tokenizer is not None:
         tokenizer.add_special_tokens({"pad_token": "[PAD]"})
         if tokenizer.pad_token_id != cfg.pad_token_id:
@@ -99,3 +114,7 @@ def add_pad_token(module: nn.Module, params: Dict, tokenizer=None) -> Tuple[nn.M
                 f"{cfg.pad_token_id}; the tokenizer and the checkpoint disagree on the vocabulary size"
             )
     return module.clone(config=cfg), params
+
+
+def _append_mean(x: jax.Array, axis: int) -> jax.Array:
+    return jnp.concatenate([x, x.mean(axis=axis, keepdims=True).astype(x.dtype)], axis=axis)

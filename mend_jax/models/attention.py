@@ -51,3 +51,10 @@ def padding_mask(attention_mask: jax.Array) -> jax.Array:
 
 def causal(length: int) -> jax.Array:
     return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+
+
+def local_causal(length: int, window: int) -> jax.Array:
+    """Causal mask in which query i sees only the `window` keys i - window < j <= i (GPT-Neo's
+    local layers, Mistral's and Qwen2's sliding window)."""
+    q, k = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
+    return ((k <= q) & (q - k < window))[None, None]

@@ -89,7 +89,7 @@ class BartStack(ModelPart):
         h = nn.Dropout(cfg.dropout)(h, deterministic=deterministic)
         n_layers = cfg.decoder_layers if self.is_decoder else cfg.encoder_layers
         make = lambda i, name: BartLayer(config=cfg, is_decoder=self.is_decoder, **kw, name=name)
-        layers = NumberedLayers(make, n_layers, name="layers")
+        layers = NumberedLayers(make, n_layers, remat=self.remat, name="layers")
         return layers(h, self_mask, encoder_h, cross_mask, deterministic)
 
 
@@ -98,8 +98,8 @@ class BartModule(ModelPart):
         cfg = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.shared = Embed(cfg.vocab_size, cfg.d_model, **kw)
-        self.encoder = BartStack(config=cfg, embed_tokens=self.shared, is_decoder=False, **kw)
-        self.decoder = BartStack(config=cfg, embed_tokens=self.shared, is_decoder=True, **kw)
+        self.encoder = BartStack(config=cfg, embed_tokens=self.shared, is_decoder=False, remat=self.remat, **kw)
+        self.decoder = BartStack(config=cfg, embed_tokens=self.shared, is_decoder=True, remat=self.remat, **kw)
 
     def __call__(self, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, deterministic):
         enc_mask = None if attention_mask is None else attention.padding_mask(attention_mask)
@@ -134,7 +134,7 @@ class BartForConditionalGeneration(ModelPart):
         if not getattr(self.config, "tie_word_embeddings", True):
             # transformers then keeps separate encoder/decoder/LM-head tables, which this tree lacks.
             raise ValueError("BART with tie_word_embeddings=False is not supported")
-        model = BartModule(self.config, self.dtype, self.param_dtype, name="model")
+        model = BartModule(self.config, self.dtype, self.param_dtype, remat=self.remat, name="model")
         logits = model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, deterministic)
         bias = self.param("final_logits_bias", nn.initializers.zeros, (1, self.config.vocab_size), self.param_dtype)
         return logits + bias.astype(self.dtype)

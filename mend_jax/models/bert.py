@@ -122,7 +122,8 @@ class BertEncoder(ModelPart):
     @nn.compact
     def __call__(self, h, mask, deterministic):
         make = lambda i, name: BertLayer(self.config, self.dtype, self.param_dtype, name=name)
-        return NumberedLayers(make, self.config.num_hidden_layers, name="layer")(h, mask, deterministic)
+        layers = NumberedLayers(make, self.config.num_hidden_layers, remat=self.remat, name="layer")
+        return layers(h, mask, deterministic)
 
 
 class BertPooler(ModelPart):
@@ -141,7 +142,7 @@ class BertModule(ModelPart):
             token_type_ids = jnp.zeros_like(input_ids)
         mask = None if attention_mask is None else attention.padding_mask(attention_mask)
         h = BertEmbeddings(**kw, name="embeddings")(input_ids, token_type_ids, deterministic)
-        h = BertEncoder(**kw, name="encoder")(h, mask, deterministic)
+        h = BertEncoder(**kw, remat=self.remat, name="encoder")(h, mask, deterministic)
         # Computed even when the head does not use it, so that the pooler's
         # weights are part of the tree and round-trip with the checkpoint.
         return h, BertPooler(**kw, name="pooler")(h)
@@ -158,7 +159,7 @@ class Bert(ModelPart):
         position_type = getattr(cfg, "position_embedding_type", "absolute")
         if position_type != "absolute":
             raise ValueError(f"BERT with position_embedding_type={position_type!r} is not supported; only 'absolute'")
-        self.bert = BertModule(cfg, self.dtype, self.param_dtype)
+        self.bert = BertModule(cfg, self.dtype, self.param_dtype, remat=self.remat)
         if has_classifier(cfg):
             rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
             self.dropout = nn.Dropout(rate)

@@ -3,15 +3,14 @@
 The parameter tree mirrors `transformers`' FlaxGPT2LMHeadModel:
 ``transformer/{wte,wpe,h/<i>/{ln_1,attn/{c_attn,c_proj},ln_2,mlp/{c_fc,c_proj}},ln_f}``.
 """
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import transformers
 
 from mend_jax.models import attention
-from mend_jax.models.layers import EditableDense, Embed, ModelPart, NumberedLayers, activation
+from mend_jax.models.layers import CausalLM, EditableDense, Embed, FeedForward, ModelPart, NumberedLayers
 from mend_jax.models.registry import Family, register
 
 Dtype = Any
@@ -34,17 +33,6 @@ class GPT2Attention(ModelPart):
         return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic)
 
 
-class GPT2MLP(ModelPart):
-    @nn.compact
-    def __call__(self, h, deterministic):
-        cfg = self.config
-        inner = cfg.n_inner or 4 * cfg.n_embd
-        h = EditableDense(inner, dtype=self.dtype, param_dtype=self.param_dtype, name="c_fc")(h)
-        h = activation(cfg.activation_function)(h)
-        h = EditableDense(cfg.n_embd, dtype=self.dtype, param_dtype=self.param_dtype, name="c_proj")(h)
-        return nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
-
-
 class GPT2Block(ModelPart):
     @nn.compact
     def __call__(self, h, mask, deterministic):
@@ -52,7 +40,10 @@ class GPT2Block(ModelPart):
         kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
         ln = lambda name: nn.LayerNorm(eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         h = h + GPT2Attention(**kw, name="attn")(ln("ln_1")(h), mask, deterministic)
-        return h + GPT2MLP(**kw, name="mlp")(ln("ln_2")(h), deterministic)
+        cfg = self.config
+        mlp = FeedForward(cfg.n_inner or 4 * cfg.n_embd, cfg.n_embd, cfg.activation_function, cfg.resid_pdrop,
+                          ("c_fc", "c_proj"), self.dtype, self.param_dtype, name="mlp")
+        return h + mlp(ln("ln_2")(h), deterministic)
 
 
 class GPT2Transformer(ModelPart):
@@ -61,7 +52,8 @@ class GPT2Transformer(ModelPart):
         self.wte = Embed(cfg.vocab_size, cfg.n_embd, self.dtype, self.param_dtype)
         self.wpe = Embed(cfg.n_positions, cfg.n_embd, self.dtype, self.param_dtype)
         self.drop = nn.Dropout(cfg.embd_pdrop)
-        self.h = NumberedLayers(lambda i, name: GPT2Block(cfg, self.dtype, self.param_dtype, name=name), cfg.n_layer)
+        self.h = NumberedLayers(lambda i, name: GPT2Block(cfg, self.dtype, self.param_dtype, name=name), cfg.n_layer,
+                                remat=self.remat)
         self.ln_f = nn.LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
 
     def __call__(self, input_ids, attention_mask, deterministic):
@@ -71,25 +63,17 @@ class GPT2Transformer(ModelPart):
         mask = attention.causal(length)
         if attention_mask is not None:
             mask = mask & attention.padding_mask(attention_mask)
-        h = self.ln_f(self.h(h, mask, deterministic))
+        return self.ln_f(self.h(h, mask, deterministic))
+
+    def attend(self, h):
         return self.wte.attend(h)
 
 
-class GPT2LMHeadModel(ModelPart):
-    """Causal LM returning logits of shape (batch, seq, vocab)."""
+class GPT2LMHeadModel(CausalLM):
+    """Causal LM returning logits of shape (batch, seq, vocab); the head is the token embedding."""
 
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: Optional[jax.Array] = None,
-        deterministic: bool = True,
-    ) -> jax.Array:
-        transformer = GPT2Transformer(self.config, self.dtype, self.param_dtype, name="transformer")
-        return transformer(input_ids, attention_mask, deterministic)
+    backbone = GPT2Transformer
+    backbone_name = "transformer"
 
 
 FAMILY = register(
@@ -99,5 +83,6 @@ FAMILY = register(
         config_class=transformers.GPT2Config,
         conv1d_kernels=True,
         base_prefix="transformer.",
+        embedding_path=("transformer", "wte"),
     )
 )

@@ -11,11 +11,13 @@ y = x W + b with a (d_in, d_out) kernel, it records what MEND needs:
 One `jax.grad` therefore yields (x, δ) for every inner matrix without ever
 forming the gradient of a base weight.
 """
-from typing import Any, Callable, Optional
+import dataclasses
+from typing import Any, Callable, ClassVar, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 FACTOR_INPUTS = "mend_inputs"
 FACTOR_GRADS = "mend_grads"
@@ -68,27 +70,143 @@ class Embed(nn.Module):
         return jnp.einsum("...d,vd->...v", h, self.embedding.astype(self.dtype))
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square norm without bias or mean subtraction (T5, Llama), its variance in float32.
+
+    T5 multiplies by the weight in float32 and then casts; Llama casts the normalised value back
+    to the input's dtype first (`weight_in_float32=False`). In float32 both are the same.
+    """
+
+    features: int
+    eps: float
+    dtype: Dtype
+    param_dtype: Dtype
+    weight_in_float32: bool = True
+
+    @nn.compact
+    def __call__(self, h):
+        weight = self.param("weight", nn.initializers.ones, (self.features,), self.param_dtype)
+        h32 = h.astype(jnp.float32)
+        h32 = h32 * jax.lax.rsqrt(jnp.mean(h32 * h32, axis=-1, keepdims=True) + self.eps)
+        if self.weight_in_float32:
+            return (weight.astype(jnp.float32) * h32).astype(self.dtype)
+        return weight.astype(self.dtype) * h32.astype(h.dtype)
+
+
 class ModelPart(nn.Module):
-    """A part of a model: the Hugging Face config it is built from, the compute dtype and the
-    parameter dtype. Whole models subclass it with float32 defaults."""
+    """A part of a model: the Hugging Face config it is built from, the compute dtype, the
+    parameter dtype and the rematerialisation policy of its layers (a `REMAT_POLICIES` name).
+    Whole models subclass it with float32 defaults."""
 
     config: Any
     dtype: Dtype
     param_dtype: Dtype
+    remat: str = dataclasses.field(default="none", kw_only=True)  # keyword-only: subclasses add fields
+
+
+# Rematerialisation policies by name: which intermediate values of a layer the backward pass
+# keeps; the rest are recomputed. "full" keeps only the layer's inputs.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(policy: str) -> str:
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {policy!r}")
+    return policy
+
+
+class FeedForward(nn.Module):
+    """The two-matrix MLP of GPT-2, GPT-Neo and GPT-J: out(act(in(h))), then dropout."""
+
+    inner: int
+    features: int
+    act: str  # an ACTIVATIONS name
+    dropout: float
+    names: Tuple[str, str]  # the two dense layers, as Hugging Face names them
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, deterministic):
+        dense = lambda n, name: EditableDense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        h = dense(self.features, self.names[1])(activation(self.act)(dense(self.inner, self.names[0])(h)))
+        return nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class CausalLM(ModelPart):
+    """A decoder-only LM: ids (batch, seq) -> logits (batch, seq, vocab).
+
+    Subclasses name their `backbone` (a ModelPart mapping (input_ids, attention_mask,
+    deterministic) to hidden states, with `attend` for a tied head) and where it sits in the
+    tree; `lm_head_bias` is None for a head tied to the token embedding, else whether the
+    untied `lm_head` has a bias.
+    """
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    backbone: ClassVar[type]
+    backbone_name: ClassVar[str]
+
+    def lm_head_bias(self) -> Optional[bool]:
+        return None
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None,
+                 deterministic: bool = True) -> jax.Array:
+        backbone = self.backbone(self.config, self.dtype, self.param_dtype, remat=self.remat, name=self.backbone_name)
+        h = backbone(input_ids, attention_mask, deterministic)
+        bias = self.lm_head_bias()
+        if bias is None:
+            return backbone.attend(h)
+        head = EditableDense(self.config.vocab_size, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                             name="lm_head")
+        return head(h)
 
 
 class NumberedLayers(nn.Module):
     """Layers named "0".."n-1", as in Hugging Face's trees (`h/<i>`, `layer/<i>`, `layers/<i>`),
-    applied in turn: `make_layer(i, name)` builds layer i, which maps (h, *args) to the next h."""
+    applied in turn: `make_layer(i, name)` builds layer i, which maps (h, *args) to the next h.
+
+    With `remat` other than "none", each layer runs under `jax.checkpoint` with that policy;
+    the parameter tree and MEND's sown factors are the same as without it.
+    """
 
     make_layer: Callable[[int, str], nn.Module]
     n: int
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, h, *args):
         for i in range(self.n):
-            h = self.make_layer(i, str(i))(h, *args)
+            h = call_layer(self, lambda module: module.make_layer(i, str(i)), self.remat, h, *args)
         return h
+
+
+def call_layer(parent: nn.Module, make_layer: Callable[[nn.Module], nn.Module], remat: str, *args):
+    """`make_layer(parent)(*args)`, under `jax.checkpoint` with the policy `remat` names.
+
+    The layer is built inside the (lifted) parent, so its parameters sit where they would
+    without rematerialisation. Non-array arguments (the `deterministic` flag, absent masks)
+    are closed over, so that only arrays cross the checkpoint boundary.
+    """
+    is_array = [_is_array(a) for a in args]
+
+    def run(module, *arrays):
+        arrays = iter(arrays)
+        return make_layer(module)(*[next(arrays) if a else v for a, v in zip(is_array, args)])
+
+    if check_remat(remat) != "none":
+        run = nn.checkpoint(run, policy=REMAT_POLICIES[remat], prevent_cse=True)
+    return run(parent, *[v for a, v in zip(is_array, args) if a])
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray)) or hasattr(x, "shape")
 
 
 ACTIVATIONS = {

@@ -30,6 +30,8 @@ class Family:
         same tensor (tied embeddings saved under another name, old LayerNorm names).
       optional: canonical PyTorch names that may be missing from a checkpoint and
         are then freshly initialised (e.g. a new classifier head).
+      embedding_path: the Flax path of a decoder's token `Embed`, which the pad-token fix
+        grows by one row; empty for families whose tokenizers have a pad token.
     """
 
     model_type: str
@@ -40,6 +42,7 @@ class Family:
     base_prefix: str = ""
     aliases: Callable[[str], Tuple[str, ...]] = lambda name: ()
     optional: Callable[[str], bool] = lambda name: False
+    embedding_path: Tuple[str, ...] = ()
 
 
 _FAMILIES: Dict[str, Family] = {}
@@ -67,7 +70,7 @@ def known_model_types():
 
 def _import_families():
     # Imported lazily so that each family module can import this one.
-    from mend_jax.models import bart, bert, gpt2, t5  # noqa: F401
+    from mend_jax.models import bart, bert, gpt2, gpt_neo, gptj, llama, t5  # noqa: F401
 
 
 def dummy_inputs(family: Family, batch: int = 1, length: int = 4) -> Dict[str, Any]:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import transformers
 
 from mend_jax.models import attention
-from mend_jax.models.layers import EditableDense, Embed, ModelPart, activation
+from mend_jax.models.layers import EditableDense, Embed, ModelPart, RMSNorm, activation, call_layer
 from mend_jax.models.registry import Family, register
 
 Dtype = Any
@@ -49,22 +49,6 @@ def relative_position_bucket(relative_position, bidirectional, num_buckets, max_
     )
     if_large = jnp.minimum(if_large, num_buckets - 1)
     return buckets + jnp.where(is_small, relative_position, if_large)
-
-
-class T5LayerNorm(nn.Module):
-    """RMS norm without bias or mean subtraction; the variance is always float32."""
-
-    features: int
-    eps: float
-    dtype: Dtype
-    param_dtype: Dtype
-
-    @nn.compact
-    def __call__(self, h):
-        weight = self.param("weight", nn.initializers.ones, (self.features,), self.param_dtype)
-        h32 = h.astype(jnp.float32)
-        h32 = h32 * jax.lax.rsqrt(jnp.mean(h32 * h32, axis=-1, keepdims=True) + self.eps)
-        return (weight.astype(jnp.float32) * h32).astype(self.dtype)
 
 
 class T5Attention(ModelPart):
@@ -134,7 +118,7 @@ class T5SubLayer(ModelPart):
     @nn.compact
     def __call__(self, h, kv, mask, position_bias, deterministic):
         cfg = self.config
-        normed = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon, self.dtype, self.param_dtype, name="layer_norm")(h)
+        normed = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, self.dtype, self.param_dtype, name="layer_norm")(h)
         if self.kind == "DenseReluDense":
             out = T5DenseReluDense(cfg, self.dtype, self.param_dtype, name=self.kind)(normed, deterministic)
         else:
@@ -190,10 +174,13 @@ class T5BlockCollection(ModelPart):
     def __call__(self, h, mask, encoder_h, encoder_mask, deterministic):
         position_bias = None  # computed by layer 0, then shared by all layers
         for i in range(self.num_layers):
-            h, position_bias = T5LayerCollection(
+            make = lambda module, i=i: T5LayerCollection(
                 config=self.config, dtype=self.dtype, param_dtype=self.param_dtype, causal=self.causal,
                 has_relative_attention_bias=i == 0, name=str(i),
-            )(h, mask, position_bias, encoder_h, encoder_mask, deterministic)
+            )
+            h, position_bias = call_layer(
+                self, make, self.remat, h, mask, position_bias, encoder_h, encoder_mask, deterministic
+            )
         return h
 
 
@@ -210,12 +197,12 @@ class T5Stack(ModelPart):
         h = drop(h, deterministic=deterministic)
         blocks = T5BlockCollection(
             config=cfg, dtype=self.dtype, param_dtype=self.param_dtype, causal=self.causal, num_layers=self.num_layers,
-            name="block",
+            remat=self.remat, name="block",
         )
         h = blocks(
             h, mask, encoder_h, encoder_mask, deterministic
         )
-        h = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon, self.dtype, self.param_dtype, name="final_layer_norm")(h)
+        h = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, self.dtype, self.param_dtype, name="final_layer_norm")(h)
         return drop(h, deterministic=deterministic)
 
 
@@ -231,7 +218,7 @@ class T5ForConditionalGeneration(ModelPart):
 
     def setup(self):
         cfg = self.config
-        kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
         self.shared = Embed(cfg.vocab_size, cfg.d_model, self.dtype, self.param_dtype)
         self.encoder = T5Stack(causal=False, num_layers=cfg.num_layers, **kw)
         self.decoder = T5Stack(causal=True, num_layers=cfg.num_decoder_layers, **kw)
