@@ -72,6 +72,7 @@ def build(model: str, dtype=jnp.float32, abstract: bool = False, remat: str = "n
     module = models.build_module(hf_config, dtype=dtype, remat=remat)
     params = models.api.param_shapes(module) if abstract else models.init_params(module, jax.random.PRNGKey(0))
     target = EditTarget(module, tuple(models.inner_param_paths(module, params, inner)), tuple(inner), shift)
+    params = models.inner_in_float32(params, target.inner_paths)  # as experiments.py loads a bf16 model
     rng = np.random.default_rng(0)
     edit = make_batch(rng, hf_config.vocab_size, *edit_shape)
     batch = {"edit_inner": edit, "edit_outer": edit, "loc": make_batch(rng, hf_config.vocab_size, *loc_shape)}

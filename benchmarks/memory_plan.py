@@ -92,9 +92,7 @@ def plan(model: str, data: int, fsdp: int, dtype: str, remat: str, topology: Opt
     config.model.dtype, config.model.remat = dtype, remat
     devices = pick_devices(data * fsdp, topology)
     trainer = bench_mend.one_batch_trainer(config, target, params, batch, "/tmp/memory_plan", devices=devices)
-    state_shapes = jax.eval_shape(trainer._build_state, trainer.base_params)
-    state = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                   state_shapes, trainer.state_shardings)
+    state = trainer.abstract_state()
     if data == 1:
         step = trainer._grad_step.lower(state, trainer.base_params, abstract(batch, lambda _: trainer.replicated))
     else:  # one batch per data-parallel device, stacked
@@ -142,16 +140,17 @@ def gib(b: float) -> str:
 
 
 HEADER = ("| model | dtype, remat | devices (data x fsdp) | base weights (GiB) | editor state (GiB) | arguments (GiB) "
-          "| temporaries (GiB) | peak (GiB) | fits |")
+          "| outputs (GiB) | temporaries (GiB) | peak (GiB) | fits |")
 
 
 def row(model, dtype, remat, data, fsdp, r) -> str:
     if "refused" in r:
         return (f"| {model} | {dtype}, {remat} | {r['devices']} ({data} x {fsdp}) | {gib(r['base'])} | "
-                f"{gib(r['editor_state'])} | - | - | - | no: the compiler says \"{r['refused']}\" |")
+                f"{gib(r['editor_state'])} | - | - | - | - | no: the compiler says \"{r['refused']}\" |")
     fits = ", ".join(name for name, gb in BUDGETS_GIB.items() if r["peak"] <= gb * 2**30) or "none of 16/32/80 GiB"
     return (f"| {model} | {dtype}, {remat} | {r['devices']} ({data} x {fsdp}) | {gib(r['base'])} | "
-            f"{gib(r['editor_state'])} | {gib(r['arguments'])} | {gib(r['temporaries'])} | {gib(r['peak'])} | {fits} |")
+            f"{gib(r['editor_state'])} | {gib(r['arguments'])} | {gib(r['outputs'])} | {gib(r['temporaries'])} | "
+            f"{gib(r['peak'])} | {fits} |")
 
 
 def parse_mesh(text: str):
@@ -172,10 +171,11 @@ def main():
     ap.add_argument("--remat", default="none", choices=sorted(REMAT_POLICIES))
     ap.add_argument("--topology", choices=sorted(TPU_TOPOLOGIES), help="compile for this TPU slice (needs libtpu)")
     ap.add_argument("--table", action="store_true",
-                    help=f"{TABLE_MODELS} x {TABLE_SETTINGS} x (1 device, all devices as fsdp)")
+                    help=f"{TABLE_MODELS} x {TABLE_SETTINGS} x (1 and 8 devices; with --topology the whole slice)")
     args = ap.parse_args()
     if args.table:
-        meshes = [(1, 1), (1, len(topology_devices(args.topology)) if args.topology else 8)]
+        # A TPU slice's table is the whole slice (one chip's question is the CPU table's 1-device row).
+        meshes = [(1, len(topology_devices(args.topology)))] if args.topology else [(1, 1), (1, 8)]
         runs = [(m, d, f, dt, rm) for m in TABLE_MODELS for dt, rm in TABLE_SETTINGS for d, f in meshes]
     else:
         runs = [(args.model, *parse_mesh(args.mesh), args.dtype, args.remat)]

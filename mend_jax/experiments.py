@@ -176,18 +176,19 @@ def gen_datasets(config, tokenizer, data_dir: str, train_loc: str, val_loc: str,
     return train, val
 
 
-def _target(config, module, params, shift_labels: bool) -> EditTarget:
+def _target(config, module, params, shift_labels: bool) -> Tuple[EditTarget, Any]:
+    """(the EditTarget of `model.inner_params`, the params with those matrices in float32).
+
+    A bf16 model keeps its edited matrices in float32 (and EditableDense multiplies by them in
+    float32): an edit adds a small ΔW, and most of its entries are below bf16's resolution of W.
+    """
     inner_names = tuple(config.model.inner_params)
     try:
         inner_paths = tuple(models.inner_param_paths(module, params, inner_names))
     except (KeyError, ValueError) as e:
         raise ConfigError(f"--config.model.inner_params: {str(e).strip(chr(34))}") from e
-    return EditTarget(
-        module=module,
-        inner_paths=inner_paths,
-        inner_names=inner_names,
-        shift_labels=shift_labels,
-    )
+    target = EditTarget(module=module, inner_paths=inner_paths, inner_names=inner_names, shift_labels=shift_labels)
+    return target, models.inner_in_float32(params, inner_paths)
 
 
 def _files_model(config) -> Tuple[str, str]:
@@ -230,7 +231,7 @@ def _gen_sources(config, with_data: bool) -> Dict[str, Any]:
 def _gen_model(config, sources) -> TaskModel:
     module, params, tokenizer = load_model_and_tokenizer(config, sources["model"], sources["tokenizer"])
     check_model_inputs(config, module, tokenizer, sources["tokenizer"])
-    return TaskModel("gen", _target(config, module, params, shift_labels=True), params, tokenizer)
+    return TaskModel("gen", *_target(config, module, params, shift_labels=True), tokenizer)
 
 
 def _gen_data(config, model: TaskModel, sources):
@@ -295,7 +296,7 @@ def _qa_model(config, sources) -> TaskModel:
         tokenizer, style=style, max_length=config.data.max_length, target_max_length=config.data.target_max_length,
         decoder_start_token_id=getattr(module.config, "decoder_start_token_id", None),
     )
-    target = _target(config, module, params, SHIFT_LABELS[style])
+    target, params = _target(config, module, params, SHIFT_LABELS[style])
     return TaskModel("qa", target, params, tokenizer, encoder=encoder)
 
 
@@ -329,7 +330,7 @@ def _fc_model(config, sources) -> TaskModel:
             + "; convert the reference's FC_model.ckpt with python -m mend_jax.convert_lightning (--model-type bert)"
         )
     check_model_inputs(config, module, tokenizer, sources["tokenizer"])
-    return TaskModel("fc", _target(config, module, params, shift_labels=False), params, tokenizer)
+    return TaskModel("fc", *_target(config, module, params, shift_labels=False), tokenizer)
 
 
 def _fc_data(config, model: TaskModel, sources):

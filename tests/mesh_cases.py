@@ -12,8 +12,8 @@ import tempfile
 import jax
 import numpy as np
 
-from mend_jax import data_parallel, experiments
-from mend_jax.trainer import Trainer
+from mend_jax import config_lib, data_parallel, editors, experiments
+from mend_jax.trainer import Experiment, Trainer
 from tests import kilt_fixtures, tiny
 
 MESHES = {"8x1": (8, 1), "4x2": (4, 2), "2x4": (2, 4), "1x8": (1, 8)}
@@ -180,6 +180,34 @@ def case_memory(model: str):
                   f"{memory.temp_size_in_bytes} B", flush=True)
         assert totals[8] < totals[1] / 2, totals
         print("memory falls with fsdp", flush=True)
+
+
+def case_abstract_plan():
+    """A step compiled from abstract base params (nothing allocated) has the real step's memory."""
+    _, params, target = tiny.tiny_decoder("llama")
+    batch = tiny.meta_batch()
+    memory = {}
+    for kind in ("real", "abstract"):
+        base = params if kind == "real" else jax.eval_shape(lambda: params)
+        config = config_lib.apply_alg_defaults(config_lib.base_config())
+        config.mesh.fsdp, config.sharding.min_size = 8, 16
+        editor = editors.MEND(target, base, config.mend, edit_lr=config.edit_lr)
+        live_before = sum(x.nbytes for x in jax.live_arrays())
+        data = type("OneBatch", (), {"train_batch": lambda self, i: batch})()
+        with tempfile.TemporaryDirectory() as root:
+            trainer = Trainer(config, Experiment(editor, target, base, data, data, lambda m: 0.0), root)
+            state = trainer.init_state() if kind == "real" else trainer.abstract_state()
+            compiled = trainer._grad_step.lower(state, trainer.base_params, batch).compile()
+        if kind == "abstract":
+            leaves = jax.tree_util.tree_leaves((state, trainer.base_params))
+            assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+            new_bytes = sum(x.nbytes for x in jax.live_arrays()) - live_before
+            assert new_bytes < 1024, f"the abstract plan allocated {new_bytes} B"
+        m = compiled.memory_analysis()
+        memory[kind] = (m.argument_size_in_bytes, m.output_size_in_bytes, m.temp_size_in_bytes)
+        print(kind, memory[kind], flush=True)
+    assert memory["abstract"] == memory["real"], memory
+    print("abstract plan equals the real step", flush=True)
 
 
 def case_train(root: str, workdir: str, data: str, fsdp: str, *distributed_args):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import transformers
 
-from mend_jax import config_lib, editors, losses, meta, models
+from mend_jax import config_lib, editors, experiments, losses, meta, models
 from mend_jax.trainer import Experiment, Trainer
 from tests import tiny
 
@@ -152,10 +152,15 @@ def test_bf16_meta_step_is_close_to_fp32(model_type):
     _, fp32_params, _ = tiny.tiny_decoder(model_type)
     for dtype in (jnp.float32, jnp.bfloat16):
         module, _, target = tiny.tiny_decoder(model_type, dtype=dtype)
-        params = jax.tree_util.tree_map(lambda x: x.astype(dtype), fp32_params)
+        params = models.inner_in_float32(jax.tree_util.tree_map(lambda x: x.astype(dtype), fp32_params),
+                                         target.inner_paths)  # as experiments.py loads a bf16 model
         c = config_lib.apply_alg_defaults(config_lib.base_config())
         editor = editors.MEND(target, params, c.mend, edit_lr=c.edit_lr)
         edit_params, stats = editor.init(jax.random.PRNGKey(0), params)
+        edited, _, _ = jax.jit(lambda p: editor.edit(edit_params, stats, p, batch["edit_inner"], True))(params)
+        for path in target.inner_paths:  # every entry of ΔW lands: none is below bf16's resolution of W
+            before, after = models.get_path(params, path), models.get_path(edited, path)
+            assert after.dtype == jnp.float32 and float((after != before).mean()) == 1.0, path
         coef = meta.Coefficients(edit=0.1, loc=1.0, base=0.0)
         step = jax.jit(jax.value_and_grad(lambda ep: meta.edit_and_score(
             editor, target, coef, ep, stats, params, batch, train=True), has_aux=True))
@@ -164,3 +169,22 @@ def test_bf16_meta_step_is_close_to_fp32(model_type):
         results[dtype] = float(loss)
     assert np.isfinite(results[jnp.bfloat16])
     np.testing.assert_allclose(results[jnp.bfloat16], results[jnp.float32], rtol=3e-2)
+
+
+@pytest.mark.parametrize("model_type, dtype", [("llama", "float32"), ("gptj", "bfloat16")])
+def test_the_gen_experiment_trains_an_untied_decoder_from_its_checkpoint(model_type, dtype, tmp_path):
+    """The command line's path: checkpoint on disk, the [PAD] fix growing an untied head, MEND, validation;
+    in bf16 the edited matrices are float32 and the rest bf16."""
+    config = tiny.write_gen_experiment(str(tmp_path / "data"), model_type=model_type)
+    config.max_iters, config.val_interval, config.model.dtype = 4, 2, dtype
+    experiment = experiments.build(config)
+    inner = set(experiment.target.inner_paths)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(experiment.base_params)[0]:
+        path = tuple(k.key for k in path)
+        assert leaf.dtype == (jnp.float32 if path in inner else jnp.dtype(dtype)), path
+    head = experiment.base_params["lm_head"]["kernel"]
+    assert head.shape[-1] == experiment.target.module.config.vocab_size == len(tiny.word_tokenizer(
+        [f"w{i}" for i in range(40)])) + 1
+    results = Trainer(config, experiment, str(tmp_path / "run")).run()
+    assert results["steps_trained"] == 4
+    assert np.isfinite(results["results"]["edit/acc_val"]) and np.isfinite(results["results"]["perplexity/post_val"])

@@ -114,6 +114,12 @@ def test_fsdp_holds_a_shard_of_each_leaf_per_device_in_the_compiled_step():
     assert "memory falls with fsdp" in out
 
 
+def test_a_step_compiled_from_abstract_shapes_allocates_nothing_and_needs_the_real_steps_memory():
+    """What benchmarks/memory_plan.py relies on, on a tiny Llama sharded over 8 devices."""
+    out = finish(run_case("abstract_plan"))
+    assert "abstract plan equals the real step" in out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model,alg", [("gpt2", "mend"), ("gpt2", "enn"), ("t5", "mend"), ("t5", "enn")])
 def test_sharded_step_equals_sequential_steps_on_every_mesh(model, alg):

@@ -21,3 +21,16 @@ def test_quickstart_runs_headless(tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "edit success (edit/acc_val)" in outputs and "transformers:" in outputs, outputs[-2000:]
     assert (work / "runs" / "quickstart_world_small" / "editor" / "editor.safetensors").is_file()
+
+
+def test_scale_notebook_runs_headless_offline(tmp_path, monkeypatch):
+    """notebooks/scale.ipynb offline: a random GPT-2 through load_pretrained, the memory plan
+    (GPT-J 6B included, from shapes), and a few meta-training steps on a 2 x 4 mesh."""
+    monkeypatch.setenv("MEND_JAX_SCALE", "offline")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    nb = nbformat.read(os.path.join(REPO, "notebooks", "scale.ipynb"), as_version=4)
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": REPO}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "| gpt-j-6b | bfloat16, full | cpu x8 (1 x 8)" in outputs, outputs[-2000:]
+    assert "mesh: {'data': 2, 'fsdp': 4}" in outputs and "trained 4 steps on 8 devices" in outputs, outputs[-2000:]

@@ -59,8 +59,9 @@ def word_tokenizer(words):
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
 
 
-def write_gen_experiment(root, n_words=40, n_edits=(12, 6), seed=0):
-    """A random tiny GPT-2 with a tokenizer and gen data in the published layout; returns a config."""
+def write_gen_experiment(root, n_words=40, n_edits=(12, 6), seed=0, model_type="gpt2"):
+    """A random tiny decoder (GPT-2 unless `model_type` names another of DECODERS) with a
+    tokenizer and gen data in the published layout; returns a config."""
     import json
     import os
 
@@ -69,7 +70,14 @@ def write_gen_experiment(root, n_words=40, n_edits=(12, 6), seed=0):
     rng = np.random.RandomState(seed)
     words = [f"w{i}" for i in range(n_words)]
     tok = word_tokenizer(words)
-    module, params = tiny_gpt2(vocab=len(tok))
+    if model_type == "gpt2":
+        module, params = tiny_gpt2(vocab=len(tok))
+        inner = GPT2_INNER
+    else:
+        make_config, inner = DECODERS[model_type]
+        module = models.build_module(make_config().__class__.from_dict({**make_config().to_dict(),
+                                                                        "vocab_size": len(tok)}))
+        params = models.init_params(module, jax.random.PRNGKey(seed))
     model_dir = os.path.join(root, "model")
     models.save_pretrained(module, params, model_dir)
     tok.save_pretrained(model_dir)
@@ -86,7 +94,7 @@ def write_gen_experiment(root, n_words=40, n_edits=(12, 6), seed=0):
     c.task = "gen"
     c.model.name = model_dir
     c.model.pad_token_fix = True
-    c.model.inner_params = list(GPT2_INNER)
+    c.model.inner_params = list(inner)
     c.data.path = os.path.join(root, "self_sample")
     c.data.loc_path = os.path.join(root, "loc")
     c.data.loc_pct = 100.0

@@ -88,6 +88,21 @@ def inner_param_paths(module: nn.Module, params: Dict, names: Sequence[str]) -> 
     return convert.resolve_names(family_of(module), params, names)
 
 
+def inner_in_float32(params: Dict, inner_paths: Sequence[Path]) -> Dict:
+    """`params` with the edited matrices in float32 (a no-op for a float32 model). Works on
+    abstract params (jax.ShapeDtypeStruct) too."""
+    def to_float32(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding)
+        return x.astype(jnp.float32)
+
+    flat = dict(traverse_util.flatten_dict(params))
+    for path in inner_paths:
+        if flat[path].dtype != jnp.float32:
+            flat[path] = to_float32(flat[path])
+    return traverse_util.unflatten_dict(flat)
+
+
 def add_pad_token(module: nn.Module, params: Dict, tokenizer=None) -> Tuple[nn.Module, Dict]:
     """The reference's GPT-2 fix, for any decoder: add '[PAD]' and grow the token embedding by
     one mean row (and an untied `lm_head` by one mean output, bias included)."""

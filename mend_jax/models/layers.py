@@ -41,12 +41,14 @@ class EditableDense(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
         self.sow(FACTOR_INPUTS, "x", x, reduce_fn=lambda _, v: v, init_fn=lambda: None)
-        x = x.astype(self.dtype)
-        y = jnp.einsum("...i,io->...o", x, kernel.astype(self.dtype), precision=self.precision)
+        # A float32 kernel in a bf16 model (an edited matrix) is multiplied in float32, so that
+        # an edit's small ΔW is not rounded away; the output is in the model's dtype again.
+        compute = jnp.promote_types(self.dtype, kernel.dtype)
+        y = jnp.einsum("...i,io->...o", x.astype(compute), kernel.astype(compute), precision=self.precision)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return self.perturb("delta", y, collection=FACTOR_GRADS)
+            y = y + bias.astype(compute)
+        return self.perturb("delta", y.astype(self.dtype), collection=FACTOR_GRADS)
 
 
 class Embed(nn.Module):
