@@ -53,6 +53,10 @@ def get_config(arg: str = None):
         name, n_layer, matrices, prefix = LARGE_DECODERS[arg]
         c.model.name = c.model.tokenizer = name
         c.model.inner_params = last_mlp_blocks(n_layer, matrices=matrices, prefix=prefix)
+        # Their position tables (2,048-131,072) would pad a long passage's batch to thousands of
+        # tokens; cut at GPT-2's 1,024, the longest locality passage the paper's GPT-2 runs saw.
+        c.data.loc_max_length = 1024
+        c.data.loc_length_buckets = [128, 256, 512, 1024]
     else:
         raise ValueError(f"configs/gen.py: unknown argument {arg!r}; use world, world_small, distilgpt2 or one of "
                          f"{sorted(GPT2_LAYERS) + sorted(LARGE_DECODERS)}")

@@ -12,6 +12,7 @@ import pytest
 import transformers
 
 from mend_jax import config_lib, editors, experiments, losses, meta, models
+from mend_jax.models.architectures import ARCHITECTURES
 from mend_jax.trainer import Experiment, Trainer
 from tests import tiny
 
@@ -188,3 +189,15 @@ def test_the_gen_experiment_trains_an_untied_decoder_from_its_checkpoint(model_t
     results = Trainer(config, experiment, str(tmp_path / "run")).run()
     assert results["steps_trained"] == 4
     assert np.isfinite(results["results"]["edit/acc_val"]) and np.isfinite(results["results"]["perplexity/post_val"])
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_each_config_names_matrices_of_the_checkpoint_it_loads(name):
+    """configs/*.py:ARG's inner params exist, as 2-D matrices, in the architecture of the checkpoint
+    that ARG loads (its shapes only: nothing is downloaded or allocated)."""
+    arch = ARCHITECTURES[name]
+    module = models.build_module(arch.make_config())
+    shapes = models.api.param_shapes(module)
+    names = tiny.repo_config(arch.experiment).get_config(arch.arg).model.inner_params
+    paths = models.inner_param_paths(module, shapes, names)
+    assert len(paths) == len(names) >= 4
