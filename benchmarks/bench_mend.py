@@ -24,6 +24,7 @@ import common
 from mend_jax import config_lib, models
 from mend_jax.editors.base import EditTarget
 from mend_jax.models.architectures import ARCHITECTURES
+from mend_jax.models.layers import DTYPES
 from mend_jax.editors.mend import MEND
 from mend_jax.trainer import Experiment, Trainer
 
@@ -108,10 +109,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="distilgpt2", choices=MODELS)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     args = ap.parse_args()
 
-    target, params, batch = build(args.model, jnp.float32 if args.dtype == "float32" else jnp.bfloat16)
+    target, params, batch = build(args.model, DTYPES[args.dtype])
     edit = batch["edit_inner"]
     config = config_lib.apply_alg_defaults(config_lib.base_config())
     trainer = one_batch_trainer(config, target, params, batch, "/tmp/bench_mend")

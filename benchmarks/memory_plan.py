@@ -28,16 +28,14 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_mend  # noqa: E402
 import common  # noqa: E402
 from mend_jax import config_lib  # noqa: E402
-from mend_jax.models.layers import REMAT_POLICIES  # noqa: E402
+from mend_jax.models.layers import DTYPES, REMAT_POLICIES  # noqa: E402
 from mend_jax.sharding import over_data  # noqa: E402
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BUDGETS_GIB = {"v5e (16 GiB)": 16, "v4 (32 GiB)": 32, "A100/H100 (80 GiB)": 80}  # HBM per chip
 TABLE_MODELS = ["distilgpt2", "gpt2-xl", "gpt-j-6b", "llama3-8b", "t5-xl", "t5-xxl"]
 TABLE_SETTINGS = [("float32", "none"), ("bfloat16", "full")]

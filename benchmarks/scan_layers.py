@@ -25,7 +25,7 @@ from mend_jax import losses, models
 from mend_jax.models import attention
 from mend_jax.models.architectures import ARCHITECTURES
 from mend_jax.models.gpt2 import GPT2Block
-from mend_jax.models.layers import REMAT_POLICIES, Embed, ModelPart
+from mend_jax.models.layers import DTYPES, REMAT_POLICIES, Embed, ModelPart
 
 LENGTH = 200
 
@@ -86,7 +86,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     gpt2_shaped = [name for name, a in ARCHITECTURES.items() if a.make_config().model_type == "gpt2"]
     ap.add_argument("--model", default="gpt2-xl", choices=gpt2_shaped)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--remat", default="none", choices=sorted(REMAT_POLICIES))
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--length", type=int, default=LENGTH)
@@ -94,7 +94,7 @@ def main():
     ap.add_argument("--run", action="store_true", help="also time one gradient (allocates the weights)")
     args = ap.parse_args()
     cfg = ARCHITECTURES[args.model].make_config()
-    dtype = jnp.dtype(args.dtype)
+    dtype = DTYPES[args.dtype]
     device = memory_plan.topology_devices(args.topology)[0] if args.topology else jax.devices()[0]
     ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (args.batch, args.length)), jnp.int32)
     variants = {

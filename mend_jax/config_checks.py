@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Tuple
 
 import ml_collections
 
-from mend_jax.models.layers import REMAT_POLICIES
+from mend_jax.models.layers import DTYPES, REMAT_POLICIES
 
 
 class ConfigError(ValueError):
@@ -56,7 +56,7 @@ def _bad(key: str, value, expected: str) -> ConfigError:
 
 
 # Keys that take one of a few names.
-CHOICES = {"model.dtype": ("float32", "bfloat16"), "model.remat": tuple(REMAT_POLICIES)}
+CHOICES = {"model.dtype": tuple(DTYPES), "model.remat": tuple(REMAT_POLICIES)}
 
 
 def check_model_keys(config: ml_collections.ConfigDict) -> None:

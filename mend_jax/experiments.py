@@ -3,7 +3,6 @@ import dataclasses
 import os
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
-import jax.numpy as jnp
 import ml_collections
 import transformers
 
@@ -16,10 +15,10 @@ from mend_jax.data.io import DataNotFoundError
 from mend_jax.data.nq import QaPairs, load_nq, nq_path
 from mend_jax.data.zsre import SHIFT_LABELS, Seq2SeqEncoder, ZsreDataset, zsre_path
 from mend_jax.editors.base import EditTarget
+from mend_jax.models.layers import DTYPES
 from mend_jax.models.bert import has_classifier
 from mend_jax.trainer import Experiment
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _world_preset(config):

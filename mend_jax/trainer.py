@@ -228,9 +228,7 @@ class Trainer:
     def abstract_state(self) -> TrainState:
         """The train state's shapes, dtypes and shardings, allocated nowhere: with abstract base
         params (jax.ShapeDtypeStruct) the steps compile ahead of time from these alone."""
-        shapes = jax.eval_shape(self._build_state, self.base_params)
-        return jax.tree_util.tree_map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                                      shapes, self.state_shardings)
+        return distributed.to_global(jax.eval_shape(self._build_state, self.base_params), self.state_shardings)
 
     def _replicate(self, batch):
         """A batch that every process builds in full, on every device of the mesh."""

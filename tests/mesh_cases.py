@@ -193,7 +193,7 @@ def case_abstract_plan():
         config.mesh.fsdp, config.sharding.min_size = 8, 16
         editor = editors.MEND(target, base, config.mend, edit_lr=config.edit_lr)
         live_before = sum(x.nbytes for x in jax.live_arrays())
-        data = type("OneBatch", (), {"train_batch": lambda self, i: batch})()
+        data = tiny.OneBatch(batch)
         with tempfile.TemporaryDirectory() as root:
             trainer = Trainer(config, Experiment(editor, target, base, data, data, lambda m: 0.0), root)
             state = trainer.init_state() if kind == "real" else trainer.abstract_state()

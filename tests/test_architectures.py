@@ -19,24 +19,13 @@ from tests import tiny
 DECODERS = sorted(tiny.DECODERS)
 
 
-class OneBatch:
-    def __init__(self, batch):
-        self.batch, self.n_eval_batches = batch, 1
-
-    def train_batch(self, step):
-        return self.batch
-
-    def eval_batch(self, i):
-        return self.batch
-
-
 def trainer_for(alg, target, params, batch, workdir):
     c = config_lib.base_config()
     c.alg = alg
     c.efk.update(cond_dim=16, lstm_hidden=8, hidden=16)  # the reference's sizes are for 768-wide models
     c.accumulate_bs = 1
     editor = editors.make_editor(c, target, params)
-    data = OneBatch(batch)
+    data = tiny.OneBatch(batch)
     return Trainer(c, Experiment(editor, target, params, data, data, lambda m: 0.0), workdir)
 
 

@@ -48,6 +48,21 @@ def meta_batch(vocab=61, length=8, seed=0, n_loc=2):
             "loc": lm_batch(vocab, batch=n_loc, length=length, seed=seed + 2, n_label=length - 1)}
 
 
+class OneBatch:
+    """Training and validation data that are one batch, whatever the step or index."""
+
+    n_eval_batches, n_edits = 1, 1
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def train_batch(self, step):
+        return self.batch
+
+    def eval_batch(self, i):
+        return self.batch
+
+
 def word_tokenizer(words):
     """A GPT-2-like tokenizer (no pad token) where each word is one token."""
     from tokenizers import Tokenizer, models as tok_models, pre_tokenizers

@@ -106,6 +106,9 @@ class ModelPart(nn.Module):
     remat: str = dataclasses.field(default="none", kw_only=True)  # keyword-only: subclasses add fields
 
 
+# The base model's dtypes by their config names (model.dtype).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 # Rematerialisation policies by name: which intermediate values of a layer the backward pass
 # keeps; the rest are recomputed. "full" keeps only the layer's inputs.
 REMAT_POLICIES = {
