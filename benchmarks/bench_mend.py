@@ -1,19 +1,33 @@
-"""MEND speed and memory on the paper's model shapes, with random weights.
+"""Editor speed, FLOP utilisation and memory on the paper's model shapes, with random weights.
 
-  python benchmarks/bench_mend.py [--model distilgpt2] [--steps 10] [--dtype float32]
-  python benchmarks/bench_mend.py --model t5-small     # also bart-base, bert-base
+  python benchmarks/bench_mend.py [--models distilgpt2] [--algs mend] [--steps 10] [--rounds 2]
+  python benchmarks/bench_mend.py --models distilgpt2,t5-small,bart-base,bert-base --algs mend,enn,efk
+  python benchmarks/bench_mend.py --profile          # where the step's time goes, by op kind
 
 Models and inner params are those of configs/gen.py:distilgpt2, configs/qa.py:t5-small
-and :bart-base, and configs/fc.py:bert-base. Batch shapes follow the reference: 1 edit
-plus 1 locality example (gen: an edit of 30 tokens and a passage of 200; qa: questions
-of 32 tokens and answers of 8; fc: claims of 32 tokens). Prints a table: median
-meta-training step time (one batch's gradient plus the optimizer update), median edit
-time, the ratio of an edit to one forward+backward of the base model on the same edit
-batch, and peak memory (device memory where the backend reports it, else process RSS).
+and :bart-base, and configs/fc.py:bert-base (any model of mend_jax/models/architectures.py).
+Batch shapes follow the reference: 1 edit plus 1 locality example (gen: an edit of 30 tokens
+and a passage of 200; qa: questions of 32 tokens and answers of 8; fc: claims of 32 tokens).
+The editor's config is the reference's (config_lib.base_config and the alg's defaults).
+
+Per model and algorithm, measured in one process (several rows run one process each, so that
+each row's peak RSS is its own), timings as medians over `--rounds` alternating rounds of
+`--steps` calls:
+- the meta-training step (one batch's gradient plus the optimizer update), its FLOPs from the
+  compiled steps' cost analysis, and the achieved GFLOP/s;
+- the rate of a jitted 2048x2048 matrix product in the step's dtype, and the step's time over
+  its FLOP floor (FLOPs / that rate);
+- one edit, and its ratio to one forward+backward of the base model on the same edit batch;
+- the process's peak RSS, and the compiled step's `memory_analysis()` bytes (arguments +
+  outputs - donated + temporaries).
 """
 import argparse
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -21,12 +35,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import common
-from mend_jax import config_lib, models
+import hlo_profile
+from mend_jax import config_lib, editors, models
 from mend_jax.editors.base import EditTarget
 from mend_jax.models.architectures import ARCHITECTURES
 from mend_jax.models.layers import DTYPES
-from mend_jax.editors.mend import MEND
 from mend_jax.trainer import Experiment, Trainer
+
+GEMM_SIZE = 2048
+ALGS = ("mend", "enn", "efk")
 
 
 def lm_batch(rng, vocab, length, n_label):
@@ -71,7 +88,9 @@ def build(model: str, dtype=jnp.float32, abstract: bool = False, remat: str = "n
     hf_config = arch.make_config()
     inner = list(common.load_config(arch.experiment, arch.arg).model.inner_params)
     module = models.build_module(hf_config, dtype=dtype, remat=remat)
-    params = models.api.param_shapes(module) if abstract else models.init_params(module, jax.random.PRNGKey(0))
+    params = models.api.param_shapes(module)
+    if not abstract:
+        params = random_params(params)
     target = EditTarget(module, tuple(models.inner_param_paths(module, params, inner)), tuple(inner), shift)
     params = models.inner_in_float32(params, target.inner_paths)  # as experiments.py loads a bf16 model
     rng = np.random.default_rng(0)
@@ -80,68 +99,183 @@ def build(model: str, dtype=jnp.float32, abstract: bool = False, remat: str = "n
     return target, params, batch
 
 
+def random_params(shapes, scale: float = 0.02):
+    """Normal(0, scale) weights of these shapes, made one leaf at a time: the peak memory is the
+    model's plus one leaf's, not the whole initialiser's temporaries (the benchmark's RSS is the
+    training's, not the set-up's)."""
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    normal = jax.jit(lambda key, s: scale * jax.random.normal(key, s.shape, s.dtype), static_argnums=1)
+    return treedef.unflatten([normal(jax.random.PRNGKey(i), s) for i, s in enumerate(leaves)])
+
+
 def one_batch_trainer(config, target, params, batch, workdir: str, devices=None) -> Trainer:
-    """A MEND Trainer whose training and validation data are `batch` alone."""
-    editor = MEND(target, params, config.mend, edit_lr=config.edit_lr)
+    """A Trainer of `config.alg`'s editor whose training and validation data are `batch` alone."""
+    editor = editors.make_editor(config, target, params)
     data = type("OneBatch", (), {"train_batch": lambda self, step: batch, "eval_batch": lambda self, i: batch,
                                  "n_eval_batches": 1})()
     return Trainer(config, Experiment(editor, target, params, data, data, lambda m: 0.0), workdir, devices=devices)
 
 
-def timed(fn, steps):
-    jax.block_until_ready(fn())  # compile
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def bench_config(alg: str, overrides=()):
+    """The reference's config for `alg`, with `KEY=VALUE` overrides (values parsed as JSON when they can be)."""
+    config = config_lib.base_config()
+    config.alg = alg
+    values = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        try:
+            values[key] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key] = value
+    return config_lib.apply_alg_defaults(common.override(config, values))
 
 
-def peak_memory_mb():
+def medians(fns: dict, steps: int, rounds: int) -> dict:
+    """{name: median seconds of one call}, the functions taking turns, `steps` calls a round each."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())  # warm
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn())
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def compiled_bytes(compiled) -> dict:
+    m = compiled.memory_analysis()
+    total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    return {"arguments": m.argument_size_in_bytes, "temporaries": m.temp_size_in_bytes, "total": total}
+
+
+def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides=(), profile: bool = False) -> dict:
+    config = bench_config(alg, overrides)
+    target, params, batch = build(model, DTYPES[dtype], remat=config.model.remat)
+    trainer = one_batch_trainer(config, target, params, batch, "/tmp/bench_mend")
+    state = trainer.init_state()
+    base = trainer.base_params
+    grad_step = trainer._grad_step.lower(state, base, batch).compile()
+    apply_step = trainer._apply_step.lower(state).compile()
+    edit = trainer._edit_only.lower(state.params, state.stats, base, batch).compile()
+    edit_batch = batch["edit_inner"]
+    fwd_bwd = jax.jit(jax.grad(lambda p: target.nll(target.logits(p, edit_batch), edit_batch)))
+    fwd_bwd = fwd_bwd.lower(params).compile()
+    a = jnp.ones((GEMM_SIZE, GEMM_SIZE), DTYPES[dtype])
+    gemm = jax.jit(lambda x: x @ x).lower(a).compile()
+
+    def train_step():
+        nonlocal state
+        state, _ = grad_step(state, base, batch)
+        state = apply_step(state)
+        return state.params
+
+    times = medians({
+        "step": train_step,
+        "edit": lambda: edit(state.params, state.stats, base, batch),
+        "fwd_bwd": lambda: fwd_bwd(params),
+        "gemm": lambda: gemm(a),
+    }, steps, rounds)
+    flops = grad_step.cost_analysis()["flops"] + apply_step.cost_analysis()["flops"]
+    gemm_rate = 2 * GEMM_SIZE**3 / times["gemm"]
+    row = {
+        "model": model, "alg": alg, "dtype": dtype, "overrides": list(overrides),
+        "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+        "step_s": times["step"], "gflop": flops / 1e9, "gflops_per_s": flops / times["step"] / 1e9,
+        "gemm_gflops_per_s": gemm_rate / 1e9, "step_over_floor": times["step"] / (flops / gemm_rate),
+        "edit_s": times["edit"], "fwd_bwd_s": times["fwd_bwd"], "edit_over_fwd_bwd": times["edit"] / times["fwd_bwd"],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "step_bytes": compiled_bytes(grad_step),
+    }
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20, "device peak"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process max RSS"
+        row["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+    if profile:
+        row["profile"] = step_profile(grad_step, apply_step, state, base, batch)
+    return row
+
+
+def step_profile(grad_step, apply_step, state, base, batch) -> dict:
+    """{"kinds": {kind: ms per step}, "slowest": [(ms, kind, shape, source)]} over both compiled steps."""
+    holder = {"state": state}
+
+    def run_grad():
+        holder["state"], _ = grad_step(holder["state"], base, batch)
+        return holder["state"].grad_acc
+
+    def run_apply():
+        holder["state"] = apply_step(holder["state"])
+        return holder["state"].params
+
+    kinds, slowest = {}, []
+    for fn, compiled in ((run_grad, grad_step), (run_apply, apply_step)):
+        by_kind, ops = hlo_profile.profile(fn, compiled.as_text())
+        for kind, seconds in by_kind.items():
+            kinds[kind] = kinds.get(kind, 0.0) + seconds * 1e3
+        slowest += [(t * 1e3, op.kind, op.shape, op.source) for t, _, op in ops]
+    return {"kinds": kinds, "slowest": sorted(slowest, reverse=True)[:12]}
+
+
+def print_table(rows) -> None:
+    print(f"Device: {rows[0]['device']}; 1 edit + 1 locality example; medians")
+    print("| model | alg | dtype | step (ms) | GFLOP | GFLOP/s | GEMM GFLOP/s | step / floor | edit (ms) "
+          "| fwd+bwd (ms) | edit / fwd+bwd | peak RSS (MiB) | compiled step (MiB: args / temps / total) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    mib = lambda b: f"{b / 2**20:.0f}"
+    for r in rows:
+        b = r["step_bytes"]
+        alg = r["alg"] + "".join(f" {o}" for o in r["overrides"])
+        print(f"| {r['model']} | {alg} | {r['dtype']} | {r['step_s'] * 1e3:.0f} | {r['gflop']:.1f} "
+              f"| {r['gflops_per_s']:.0f} | {r['gemm_gflops_per_s']:.0f} | {r['step_over_floor']:.2f}x "
+              f"| {r['edit_s'] * 1e3:.1f} | {r['fwd_bwd_s'] * 1e3:.1f} | {r['edit_over_fwd_bwd']:.2f}x "
+              f"| {r['peak_rss_mib']:.0f} | {mib(b['arguments'])} / {mib(b['temporaries'])} / {mib(b['total'])} |")
+    for r in rows:
+        if "profile" not in r:
+            continue
+        total = sum(r["profile"]["kinds"].values())
+        print(f"\nWhere {r['model']} {r['alg']}'s step goes (op time per step, {total:.0f} ms in all; "
+              f"the step's wall time is {r['step_s'] * 1e3:.0f} ms):")
+        print("| op kind | ms per step | share |\n|---|---|---|")
+        for kind, ms in sorted(r["profile"]["kinds"].items(), key=lambda kv: -kv[1]):
+            print(f"| {kind} | {ms:.1f} | {ms / total:.0%} |")
+        print("\nslowest ops: ms, kind, shape, source")
+        for ms, kind, shape, source in r["profile"]["slowest"]:
+            print(f"  {ms:7.1f}  {kind:14s} {shape[:40]:40s} {source[-90:]}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="distilgpt2", choices=MODELS)
+    ap.add_argument("--models", default="distilgpt2", help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--algs", default="mend", help=f"comma-separated, of {', '.join(ALGS)}")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every row, e.g. --set opt_moments_dtype=bfloat16")
+    ap.add_argument("--profile", action="store_true", help="also trace the step and group its ops by kind")
+    ap.add_argument("--json", action="store_true", help="print each row as JSON (one process per row)")
     args = ap.parse_args()
-
-    target, params, batch = build(args.model, DTYPES[args.dtype])
-    edit = batch["edit_inner"]
-    config = config_lib.apply_alg_defaults(config_lib.base_config())
-    trainer = one_batch_trainer(config, target, params, batch, "/tmp/bench_mend")
-    state = trainer.init_state()
-
-    def train_step():
-        nonlocal state
-        state, _ = trainer._grad_step(state, params, batch)
-        state = trainer._apply_step(state)
-        return state.params
-
-    step_time = timed(train_step, args.steps)
-    edit_time = timed(lambda: trainer._edit_only(state.params, state.stats, params, batch), args.steps)
-    fwd_bwd = jax.jit(jax.grad(lambda p: target.nll(target.logits(p, edit), edit)))
-    base_time = timed(lambda: fwd_bwd(params), args.steps)
-    mem, mem_kind = peak_memory_mb()
-
-    device = f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}"
-    rows = [
-        ("meta-train step (median)", f"{step_time * 1e3:.1f} ms"),
-        ("edit (median)", f"{edit_time * 1e3:.1f} ms"),
-        ("edit / base fwd+bwd", f"{edit_time / base_time:.2f}x  (fwd+bwd {base_time * 1e3:.1f} ms)"),
-        (f"peak memory ({mem_kind})", f"{mem:.0f} MiB"),
-    ]
-    print(f"MEND on {args.model} shapes, {args.dtype}, 1 edit + 1 locality example, {device}")
-    width = max(len(r[0]) for r in rows)
-    print(f"| {'metric'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
-    for name, value in rows:
-        print(f"| {name.ljust(width)} | {value} |")
+    combos = [(m, a) for m in args.models.split(",") for a in args.algs.split(",")]
+    for model, alg in combos:
+        if model not in ARCHITECTURES or alg not in ALGS:
+            ap.error(f"unknown model {model!r} or alg {alg!r}")
+    if len(combos) == 1:
+        row = measure(*combos[0], args.dtype, args.steps, args.rounds, args.set, args.profile)
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print_table([row])
+        return
+    rows = []
+    for model, alg in combos:  # one process each: ru_maxrss is a process's high-water mark
+        command = [sys.executable, os.path.abspath(__file__), "--models", model, "--algs", alg, "--json",
+                   "--steps", str(args.steps), "--rounds", str(args.rounds), "--dtype", args.dtype]
+        command += [f"--set={s}" for s in args.set] + (["--profile"] if args.profile else [])
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"measured {model} {alg}", file=sys.stderr, flush=True)
+    print_table(rows)
 
 
 if __name__ == "__main__":

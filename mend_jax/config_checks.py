@@ -56,7 +56,7 @@ def _bad(key: str, value, expected: str) -> ConfigError:
 
 
 # Keys that take one of a few names.
-CHOICES = {"model.dtype": tuple(DTYPES), "model.remat": tuple(REMAT_POLICIES)}
+CHOICES = {"model.dtype": tuple(DTYPES), "model.remat": tuple(REMAT_POLICIES), "opt_mu_dtype": tuple(DTYPES)}
 
 
 def check_model_keys(config: ml_collections.ConfigDict) -> None:

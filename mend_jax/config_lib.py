@@ -159,6 +159,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.c_base_in_gradient = False
     c.accumulate_bs = 10
     c.grad_clip = 100.0
+    # Adam's first moment in "bfloat16" halves it (README, "Benchmarks"); the reference keeps float32.
+    c.opt_mu_dtype = "float32"
     # A run whose accumulation window has more than this share of non-finite batches has
     # diverged: it stops with an error instead of skipping on.
     c.max_skipped_fraction = 0.5

@@ -283,3 +283,25 @@ def test_meta_gradient_reaches_the_network_at_the_identity_init(model, monkeypat
             for leaf in ("u", "bias", "mode_shift"):
                 assert float(jnp.abs(layer[leaf]).max()) > 0, (key, name, leaf)
             assert float(jnp.abs(layer["v"]).max()) == 0 and float(jnp.abs(layer["mode_scale"]).max()) == 0
+
+
+def test_one_network_call_per_editor_equals_one_call_per_matrix(model):
+    """pseudo_gradients runs a shared network once over the rows of every matrix it serves;
+    here each matrix goes through the network alone, with its own mode and statistics."""
+    module, params, target = model
+    editor = MEND(target, params, mend_cfg(), edit_lr=1e-4)
+    eparams, stats = editor.init(jax.random.PRNGKey(0), params)
+    leaves, treedef = jax.tree_util.tree_flatten(eparams["nets"])
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    eparams["nets"] = treedef.unflatten([v + 0.05 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+    _, _, factors = inner_factors(module, params, target.inner_paths, target.nll, tiny.lm_batch(61))
+    _, stats = editor.pseudo_gradients(eparams, stats, factors, train=True)  # statistics that normalise
+    grads, _ = editor.pseudo_gradients(eparams, stats, factors, train=False)
+    for path, (key, mode) in zip(target.inner_paths, editor.assignment):
+        x, delta = (np.asarray(f).reshape(-1, f.shape[-1]) for f in factors[path])
+        rows = (x != 0).any(-1) & (delta != 0).any(-1)
+        x, delta = stats[key]["x"].normalize(jnp.asarray(x)), stats[key]["delta"].normalize(jnp.asarray(delta))
+        u, d = editor.nets[key].apply({"params": eparams["nets"][key]}, x, delta, mode)
+        expected = np.einsum("ri,ro->io", np.asarray(u) * rows[:, None], np.asarray(d))
+        assert np.abs(expected).max() > 0
+        np.testing.assert_allclose(np.asarray(grads[path]), expected, rtol=1e-4, atol=1e-6)

@@ -180,3 +180,41 @@ def test_early_stopping_ends_the_run(gen_config, experiment, tmp_path):
     assert int(state.step) < cfg.max_iters
     assert int(state.step) - 1 - int(state.best_step) == cfg.early_stop_patience
     assert results["step"] == int(state.best_step) + 1  # the kept editor is the best one
+
+
+def test_bfloat16_first_moment_halves_it_and_trains_the_same_way(gen_config, experiment, tmp_path):
+    """opt_mu_dtype=bfloat16 stores Adam's first moment in bfloat16; the second stays float32, and
+    the first update is the float32 one to bfloat16 rounding (Adam's first step is about lr·sign(g))."""
+    import jax.numpy as jnp
+    import optax
+
+    def one_update(mu_dtype, workdir):
+        cfg = gen_config.copy_and_resolve_references()
+        cfg.opt_mu_dtype = mu_dtype
+        cfg.accumulate_bs = 1
+        trainer = Trainer(cfg, experiment, workdir)
+        state, _ = trainer._grad_step(trainer.init_state(), experiment.base_params, experiment.train_data.train_batch(1))
+        state = trainer._apply_step(state)
+        adam = next(s for s in jax.tree_util.tree_leaves(state.opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+                    if isinstance(s, optax.ScaleByAdamState))
+        return state, adam
+
+    state32, adam32 = one_update("float32", str(tmp_path / "f32"))
+    state16, adam16 = one_update("bfloat16", str(tmp_path / "bf16"))
+    assert {x.dtype for x in jax.tree_util.tree_leaves(adam16.mu)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree_util.tree_leaves(adam16.nu)} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree_util.tree_leaves(adam32.mu)} == {jnp.dtype(jnp.float32)}
+    for a, b in zip(jax.tree_util.tree_leaves(adam32.mu), jax.tree_util.tree_leaves(adam16.mu)):
+        np.testing.assert_allclose(np.asarray(b, np.float32), np.asarray(a), rtol=1e-2, atol=1e-12)
+    lr = gen_config.lr
+    for a, b in zip(jax.tree_util.tree_leaves(state32.params), jax.tree_util.tree_leaves(state16.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.02 * lr + 1e-7)
+
+
+def test_unknown_moment_dtype_is_a_config_error(gen_config, experiment, tmp_path):
+    from mend_jax.config_checks import ConfigError
+
+    cfg = gen_config.copy_and_resolve_references()
+    cfg.opt_mu_dtype = "float16"
+    with pytest.raises(ConfigError, match="opt_mu_dtype"):
+        Trainer(cfg, experiment, str(tmp_path))

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Tuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from mend_jax.editors.base import EditTarget, Params, add_to_inner, edit_lrs_init
 from mend_jax.editors.idmlp import GradientTransform
@@ -69,17 +70,30 @@ class MEND:
     def pseudo_gradients(self, params: Params, stats, factors, train: bool):
         """{inner path: Σ_rows ũ ⊗ δ̃} and the updated statistics."""
         stats = dict(stats)
-        grads = {}
+        normalized = []
         # Sequential over matrices, in config order, as the reference updates shared statistics.
-        for path, (key, mode) in zip(self.target.inner_paths, self.assignment):
+        for path, (key, _) in zip(self.target.inner_paths, self.assignment):
             x, delta, rows = self._rows(factors, path)
             if train:
                 stats[key] = {"x": stats[key]["x"].update(x, rows), "delta": stats[key]["delta"].update(delta, rows)}
             if self.cfg.norm:
                 x, delta = stats[key]["x"].normalize(x), stats[key]["delta"].normalize(delta)
-            u, d = self.nets[key].apply({"params": params["nets"][key]}, x, delta, mode)
-            u = u * rows[:, None].astype(u.dtype)
-            grads[path] = jnp.einsum("ri,ro->io", u, d)
+            normalized.append((x, delta, rows))
+        grads = {}
+        # One call of each network for all the matrices it serves: their rows are independent, and
+        # a shared network's weights are then read once per edit instead of once per matrix.
+        for key in self.nets:
+            served = [i for i, (k, _) in enumerate(self.assignment) if k == key]
+            x = jnp.concatenate([normalized[i][0] for i in served])
+            delta = jnp.concatenate([normalized[i][1] for i in served])
+            modes = None
+            if self.cfg.shared:
+                modes = jnp.concatenate([jnp.full(len(normalized[i][0]), self.assignment[i][1]) for i in served])
+            u, d = self.nets[key].apply({"params": params["nets"][key]}, x, delta, modes)
+            starts = np.cumsum([0] + [len(normalized[i][0]) for i in served])
+            for i, lo, hi in zip(served, starts[:-1], starts[1:]):
+                rows = normalized[i][2]
+                grads[self.target.inner_paths[i]] = jnp.einsum("ri,ro->io", u[lo:hi] * rows[:, None].astype(u.dtype), d[lo:hi])
         return grads, stats
 
     # Data-parallel training (data_parallel.py) needs the statistics each batch of a window starts
