@@ -127,12 +127,13 @@ def flatten(tree: Dict, prefix: str = "") -> Dict[str, Any]:
 
 # Keys added after runs were first saved, with the value that older runs had in effect: a saved
 # config without them resumes as if it had that value.
-ADDED_KEYS = {"data.world": "default"}
+ADDED_KEYS = {"data.world": "default", "opt_mu_dtype": "float32"}
 
 
 def differences(saved: Dict, current: Dict) -> List[Tuple[str, Any, Any]]:
     """(key, saved value, current value) for every non-resumable key that differs."""
-    old, new = {**ADDED_KEYS, **flatten(saved)}, flatten(current)
+    new = flatten(current)
+    old = {**{k: v for k, v in ADDED_KEYS.items() if k in new}, **flatten(saved)}
     keys = sorted(set(old) | set(new))
     return [(k, old.get(k), new.get(k)) for k in keys if k not in RESUMABLE_KEYS and old.get(k) != new.get(k)]
 

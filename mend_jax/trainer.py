@@ -47,7 +47,8 @@ def make_optimizer(config: ml_collections.ConfigDict, labels) -> optax.GradientT
     """Adam at `lr` on everything (editor and trained base), as the reference does in effect;
     optionally `lr_lr` on the α's. `opt_mu_dtype` stores Adam's first moment in bfloat16 (the
     second stays float32: its 0.1% steps per update are below bfloat16's resolution)."""
-    mu_dtype = None if config.opt_mu_dtype == "float32" else DTYPES[config.opt_mu_dtype]  # None: the params' dtype
+    name = config.get("opt_mu_dtype", "float32")  # a run saved before the key existed had float32
+    mu_dtype = None if name == "float32" else DTYPES[name]  # None: the params' dtype
     adam = lambda lr: optax.adam(lr, mu_dtype=mu_dtype)
     if config.edit_lrs_use_lr_lr:
         groups = {"editor": adam(config.lr), "base": adam(config.lr), "edit_lrs": adam(config.lr_lr)}

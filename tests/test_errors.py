@@ -272,3 +272,19 @@ def test_a_run_saved_before_data_world_existed_resumes_as_the_default_world():
     assert config_checks.differences(saved, current) == []
     current["data"]["world"] = "small"
     assert config_checks.differences(saved, current) == [("data.world", "default", "small")]
+
+
+def test_a_run_saved_before_opt_mu_dtype_existed_resumes_in_float32():
+    import jax
+
+    from mend_jax import config_lib
+    from mend_jax.trainer import make_optimizer
+
+    saved, current = {"lr": 1e-6}, {"lr": 1e-6, "opt_mu_dtype": "float32"}
+    assert config_checks.differences(saved, current) == []
+    current["opt_mu_dtype"] = "bfloat16"
+    assert config_checks.differences(saved, current) == [("opt_mu_dtype", "float32", "bfloat16")]
+    old = config_lib.apply_alg_defaults(config_lib.base_config())
+    del old["opt_mu_dtype"]  # the config an older run's editor.json or config.json restores
+    state = make_optimizer(old, None).init({"w": jnp.zeros(3)})
+    assert jax.tree_util.tree_leaves(state)[1].dtype == jnp.float32  # Adam's mu
