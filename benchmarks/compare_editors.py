@@ -44,7 +44,6 @@ def gen_config(alg: str, overrides: dict, args):
 
 def run_one(name: str, args) -> dict:
     from mend_jax import experiments
-    from mend_jax.checkpointing import Checkpointer
     from mend_jax.trainer import Trainer
 
     alg, overrides = EDITORS[name]
@@ -56,9 +55,7 @@ def run_one(name: str, args) -> dict:
     start = time.perf_counter()
     results = Trainer(config, experiment, workdir).run()
     total = time.perf_counter() - start
-    ckpt = Checkpointer(workdir, async_save=False)
-    trained = ckpt.latest.latest_step() or 0
-    ckpt.close()
+    trained = results["steps_trained"]
     r = results["results"]
     return {
         "editor": name,
@@ -68,7 +65,9 @@ def run_one(name: str, args) -> dict:
         "edit_time_s": r["time/edit_val"],
         "train_time_s": max(total - r["time/eval_val"], 0.0) if trained else 0.0,
         "steps": trained,
-        "selected_step": results["step"],  # the editor early stopping kept (best loss/total_edit_val)
+        # The validation step of the editor early stopping kept (best loss/total_edit_val), as the
+        # main command prints it; results["step"] counts that editor's updates (one more).
+        "selected_step": results["kept_step"],
         "n_edits": int(r["n_edits_evaluated_val"]),
         "results_path": results["results_path"],
     }

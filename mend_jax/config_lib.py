@@ -200,6 +200,10 @@ def world_gen(c: ml_collections.ConfigDict) -> None:
     # while 10% of the world's 21 training passages would leave 2, which an editor overfits.
     c.data.loc_pct = 100.0
     c.data.loc_pool = "all"
+    # The reference's c_edit 0.1 puts the world's optimum at edit success 0.81 (drawdown +0.04);
+    # 0.3 moves it along the same frontier to 0.87 (+0.07), the paper's operating point for
+    # distilGPT-2 (README, "What caps it at 0.81"). Every algorithm on the world gets it.
+    c.c_edit = 0.3
     # val_steps: the validation split's first round, which edits every fact and template once
     # (formats.edit_pairs); the final evaluation scores all 558 edits (3 alternatives each).
     world_schedule(c, max_iters=3000, log_interval=50, val_interval=500, val_steps=186, early_stop_patience=2000)
