@@ -38,7 +38,7 @@ def run_one(alg: str, k: int, args) -> dict:
     return {
         "alg": alg, "k": k, "edit_success": r["edit/acc_val"], "acc_drawdown": r["drawdown_val"],
         "acc_pre": r["acc/pre_val"], "batches": int(r["n_batches_evaluated_val"]),
-        "kept_step": results["step"], "wall_s": time.perf_counter() - start,
+        "kept_step": results["kept_step"], "wall_s": time.perf_counter() - start,
     }
 
 
