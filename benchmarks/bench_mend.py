@@ -18,8 +18,12 @@ each row's peak RSS is its own), timings as medians over `--rounds` alternating 
 - the rate of a jitted 2048x2048 matrix product in the step's dtype, and the step's time over
   its FLOP floor (FLOPs / that rate);
 - one edit, and its ratio to one forward+backward of the base model on the same edit batch;
-- the process's peak RSS, and the compiled step's `memory_analysis()` bytes (arguments +
-  outputs - donated + temporaries).
+- the process's peak RSS after the training steps (measured first, beside the GEMM: the
+  forward+backward's gradient of the whole base model is the benchmark's, not training's),
+  the RSS the libraries held before the model was built (JAX, transformers, and torch when
+  transformers finds it installed), and the compiled step's `memory_analysis()` bytes
+  (arguments + outputs - donated + temporaries).
+`--host_memory lean` runs the row as train.py's `--host_memory=lean` does (mend_jax/host_memory.py).
 """
 import argparse
 import json
@@ -36,7 +40,7 @@ import numpy as np
 
 import common
 import hlo_profile
-from mend_jax import config_lib, editors, models
+from mend_jax import config_lib, editors, host_memory, models
 from mend_jax.editors.base import EditTarget
 from mend_jax.models.architectures import ARCHITECTURES
 from mend_jax.models.layers import DTYPES
@@ -151,6 +155,7 @@ def compiled_bytes(compiled) -> dict:
 
 
 def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides=(), profile: bool = False) -> dict:
+    libraries_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # JAX, transformers (and torch if installed)
     config = bench_config(alg, overrides)
     target, params, batch = build(model, DTYPES[dtype], remat=config.model.remat)
     trainer = one_batch_trainer(config, target, params, batch, "/tmp/bench_mend")
@@ -171,12 +176,14 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
         state = apply_step(state)
         return state.params
 
-    times = medians({
-        "step": train_step,
+    # The step first, beside the small GEMM: the peak RSS after it is the training's. The
+    # forward+backward's gradient of the whole base model is the benchmark's, not training's.
+    times = medians({"step": train_step, "gemm": lambda: gemm(a)}, steps, rounds)
+    training_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times.update(medians({
         "edit": lambda: edit(state.params, state.stats, base, batch),
         "fwd_bwd": lambda: fwd_bwd(params),
-        "gemm": lambda: gemm(a),
-    }, steps, rounds)
+    }, steps, rounds))
     flops = grad_step.cost_analysis()["flops"] + apply_step.cost_analysis()["flops"]
     gemm_rate = 2 * GEMM_SIZE**3 / times["gemm"]
     row = {
@@ -185,7 +192,8 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
         "step_s": times["step"], "gflop": flops / 1e9, "gflops_per_s": flops / times["step"] / 1e9,
         "gemm_gflops_per_s": gemm_rate / 1e9, "step_over_floor": times["step"] / (flops / gemm_rate),
         "edit_s": times["edit"], "fwd_bwd_s": times["fwd_bwd"], "edit_over_fwd_bwd": times["edit"] / times["fwd_bwd"],
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": training_rss, "peak_rss_with_edit_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "libraries_rss_mib": libraries_rss, "torch_loaded": "torch" in sys.modules,
         "step_bytes": compiled_bytes(grad_step),
     }
     stats = jax.devices()[0].memory_stats() or {}
@@ -220,16 +228,18 @@ def step_profile(grad_step, apply_step, state, base, batch) -> dict:
 def print_table(rows) -> None:
     print(f"Device: {rows[0]['device']}; 1 edit + 1 locality example; medians")
     print("| model | alg | dtype | step (ms) | GFLOP | GFLOP/s | GEMM GFLOP/s | step / floor | edit (ms) "
-          "| fwd+bwd (ms) | edit / fwd+bwd | peak RSS (MiB) | compiled step (MiB: args / temps / total) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| fwd+bwd (ms) | edit / fwd+bwd | peak RSS (MiB) | of which libraries | compiled step (MiB: args / temps / total) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     mib = lambda b: f"{b / 2**20:.0f}"
     for r in rows:
         b = r["step_bytes"]
         alg = r["alg"] + "".join(f" {o}" for o in r["overrides"])
+        if r.get("host_memory", "default") != "default":
+            alg += f", host memory {r['host_memory']}"
         print(f"| {r['model']} | {alg} | {r['dtype']} | {r['step_s'] * 1e3:.0f} | {r['gflop']:.1f} "
               f"| {r['gflops_per_s']:.0f} | {r['gemm_gflops_per_s']:.0f} | {r['step_over_floor']:.2f}x "
               f"| {r['edit_s'] * 1e3:.1f} | {r['fwd_bwd_s'] * 1e3:.1f} | {r['edit_over_fwd_bwd']:.2f}x "
-              f"| {r['peak_rss_mib']:.0f} | {mib(b['arguments'])} / {mib(b['temporaries'])} / {mib(b['total'])} |")
+              f"| {r['peak_rss_mib']:.0f} | {r['libraries_rss_mib']:.0f}{' (torch)' if r['torch_loaded'] else ''} | {mib(b['arguments'])} / {mib(b['temporaries'])} / {mib(b['total'])} |")
     for r in rows:
         if "profile" not in r:
             continue
@@ -254,14 +264,19 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every row, e.g. --set opt_moments_dtype=bfloat16")
     ap.add_argument("--profile", action="store_true", help="also trace the step and group its ops by kind")
+    ap.add_argument("--host_memory", default="default", choices=("default", "lean"),
+                    help="lean: give freed host buffers back to the system (mend_jax/host_memory.py), as train.py's flag")
     ap.add_argument("--json", action="store_true", help="print each row as JSON (one process per row)")
     args = ap.parse_args()
+    if args.host_memory == "lean":
+        host_memory.lean()
     combos = [(m, a) for m in args.models.split(",") for a in args.algs.split(",")]
     for model, alg in combos:
         if model not in ARCHITECTURES or alg not in ALGS:
             ap.error(f"unknown model {model!r} or alg {alg!r}")
     if len(combos) == 1:
         row = measure(*combos[0], args.dtype, args.steps, args.rounds, args.set, args.profile)
+        row["host_memory"] = args.host_memory
         if args.json:
             print(json.dumps(row))
         else:
@@ -270,7 +285,8 @@ def main():
     rows = []
     for model, alg in combos:  # one process each: ru_maxrss is a process's high-water mark
         command = [sys.executable, os.path.abspath(__file__), "--models", model, "--algs", alg, "--json",
-                   "--steps", str(args.steps), "--rounds", str(args.rounds), "--dtype", args.dtype]
+                   "--steps", str(args.steps), "--rounds", str(args.rounds), "--dtype", args.dtype,
+                   "--host_memory", args.host_memory]
         command += [f"--set={s}" for s in args.set] + (["--profile"] if args.profile else [])
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))

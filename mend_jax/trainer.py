@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
-from mend_jax import config_checks, config_lib, data_parallel, distributed, meta, sharding
+from mend_jax import config_checks, config_lib, data_parallel, distributed, environment, meta, sharding
 from mend_jax.checkpointing import BEST_METRIC, Checkpointer, check_free_space, state_bytes
 from mend_jax.data.batching import stack_batches
 from mend_jax.editing.editor_files import EDITOR_DIR, save_editor
@@ -324,6 +324,7 @@ class Trainer:
                 # The run's own count (the kept editor's checkpoint holds the count at its step).
                 "n_skipped_batches": _scalar(state.n_skipped),
                 "config": cfg.to_dict(),
+                "environment": environment.describe(),  # the figures depend on the CPU and libraries
             }
             results["results_path"] = log.write_results(results)
             return results

@@ -180,6 +180,10 @@ def test_early_stopping_ends_the_run(gen_config, experiment, tmp_path):
     assert int(state.step) < cfg.max_iters
     assert int(state.step) - 1 - int(state.best_step) == cfg.early_stop_patience
     assert results["step"] == int(state.best_step) + 1  # the kept editor is the best one
+    with open(os.path.join(str(tmp_path), "results.json")) as f:
+        env = json.load(f)["environment"]  # where the figures were computed
+    assert env["libraries"]["jax"] == jax.__version__ and env["devices"] == f"1 x {jax.devices()[0].device_kind}"
+    assert env["cpu"] and env["processes"] == 1
 
 
 def test_bfloat16_first_moment_halves_it_and_trains_the_same_way(gen_config, experiment, tmp_path):

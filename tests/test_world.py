@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -219,6 +220,9 @@ def test_cache_is_reused_and_keyed_by_config(tiny_cache, monkeypatch):
     assert ensure_world(TINY, TINY_PRETRAIN, progress=False) == artifacts
     assert calls == [1], "a second call must not pretrain again"
     assert os.path.getmtime(os.path.join(artifacts.model_dir, "model.safetensors")) == stamp
+    with open(os.path.join(artifacts.root, cache.WORLD_JSON)) as f:
+        built_on = json.load(f)["environment"]  # another CPU or jaxlib builds other weights
+    assert built_on["libraries"]["jaxlib"] == metadata.version("jaxlib") and built_on["cpu"]
     other = dataclasses.replace(TINY, seed=2)
     assert cache.world_key(other, TINY_PRETRAIN) != cache.world_key(TINY, TINY_PRETRAIN)
     assert cache.world_key(TINY, dataclasses.replace(TINY_PRETRAIN, seed=1)) != cache.world_key(TINY, TINY_PRETRAIN)

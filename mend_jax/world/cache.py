@@ -14,6 +14,7 @@ import tempfile
 import time
 from typing import Optional
 
+from mend_jax import environment
 from mend_jax.models import save_pretrained
 from mend_jax.world import formats
 from mend_jax.world.facts import World, WorldConfig, generate_world
@@ -113,6 +114,7 @@ def _build(out: str, world: World, pretrain_config: PretrainConfig, progress: bo
         "fact_accuracy_measure": ACCURACY_MEASURE,
         "pretrain_steps": result.steps,
         "build_seconds": round(time.time() - start, 1),
+        "environment": environment.describe(),  # another CPU or library version builds other weights
     }
     with open(os.path.join(out, WORLD_JSON), "w") as f:
         json.dump(info, f, indent=1)
