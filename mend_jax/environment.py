@@ -1,8 +1,8 @@
 """Where a result was computed: the CPU, the devices and the library versions.
 
-Training amplifies rounding differences, and XLA emits different code for different CPUs, so
-the same command on two machines can end with different numbers (README, "The world is
-rebuilt"). results.json and the world's world.json record this beside the figures.
+Training amplifies rounding differences, so the same command on another CPU or with other
+library versions can end with different numbers (README, "The world moves with the machine").
+results.json and the world's world.json record this beside the figures.
 """
 import platform
 from importlib import metadata

@@ -26,7 +26,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (de
 _HOST_MEMORY = flags.DEFINE_enum(
     "host_memory", "default", ["default", "lean"],
     "lean: give freed host buffers back to the system (glibc; mend_jax/host_memory.py), for a lower peak RSS "
-    "on CPU at about the same step time. No number changes.")
+    "on CPU, at 5-25% more step time (README, \"Running experiments\"). No number changes.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -121,7 +121,8 @@ def main(argv):
     if _HOST_MEMORY.value == "lean":  # before the first buffer is allocated
         from mend_jax import host_memory
 
-        host_memory.lean()
+        if not host_memory.lean():
+            raise app.UsageError("--host_memory=lean needs glibc's malloc (Linux); this process has another allocator")
     # Before anything touches a device: every process of the job must join first.
     distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value

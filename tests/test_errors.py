@@ -288,3 +288,14 @@ def test_a_run_saved_before_opt_mu_dtype_existed_resumes_in_float32():
     del old["opt_mu_dtype"]  # the config an older run's editor.json or config.json restores
     state = make_optimizer(old, None).init({"w": jnp.zeros(3)})
     assert jax.tree_util.tree_leaves(state)[1].dtype == jnp.float32  # Adam's mu
+
+
+def test_lean_host_memory_without_glibc_is_a_usage_error():
+    script = (
+        "from absl import app\nfrom mend_jax import host_memory, train\n"
+        "host_memory.lean = lambda: False  # as on an allocator that is not glibc's\n"
+        "app.run(train.main, flags_parser=train.parse_flags)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, "--config=configs/gen.py", "--host_memory=lean"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "--host_memory=lean needs glibc's malloc" in out.stderr, out.stderr[-2000:]
