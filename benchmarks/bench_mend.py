@@ -154,8 +154,13 @@ def compiled_bytes(compiled) -> dict:
     return {"arguments": m.argument_size_in_bytes, "temporaries": m.temp_size_in_bytes, "total": total}
 
 
+def peak_rss_mib() -> float:
+    """The process's resident-set high-water mark so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides=(), profile: bool = False) -> dict:
-    libraries_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # JAX, transformers (and torch if installed)
+    libraries_rss = peak_rss_mib()  # JAX, transformers (and torch if installed)
     config = bench_config(alg, overrides)
     target, params, batch = build(model, DTYPES[dtype], remat=config.model.remat)
     trainer = one_batch_trainer(config, target, params, batch, "/tmp/bench_mend")
@@ -179,7 +184,7 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
     # The step first, beside the small GEMM: the peak RSS after it is the training's. The
     # forward+backward's gradient of the whole base model is the benchmark's, not training's.
     times = medians({"step": train_step, "gemm": lambda: gemm(a)}, steps, rounds)
-    training_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    training_rss = peak_rss_mib()
     times.update(medians({
         "edit": lambda: edit(state.params, state.stats, base, batch),
         "fwd_bwd": lambda: fwd_bwd(params),
@@ -192,7 +197,7 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
         "step_s": times["step"], "gflop": flops / 1e9, "gflops_per_s": flops / times["step"] / 1e9,
         "gemm_gflops_per_s": gemm_rate / 1e9, "step_over_floor": times["step"] / (flops / gemm_rate),
         "edit_s": times["edit"], "fwd_bwd_s": times["fwd_bwd"], "edit_over_fwd_bwd": times["edit"] / times["fwd_bwd"],
-        "peak_rss_mib": training_rss, "peak_rss_with_edit_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": training_rss, "peak_rss_with_edit_mib": peak_rss_mib(),
         "libraries_rss_mib": libraries_rss, "torch_loaded": "torch" in sys.modules,
         "step_bytes": compiled_bytes(grad_step),
     }
@@ -268,8 +273,8 @@ def main():
                     help="lean: give freed host buffers back to the system (mend_jax/host_memory.py), as train.py's flag")
     ap.add_argument("--json", action="store_true", help="print each row as JSON (one process per row)")
     args = ap.parse_args()
-    if args.host_memory == "lean":
-        host_memory.lean()
+    if args.host_memory == "lean" and not host_memory.lean():
+        ap.error("--host_memory lean needs glibc's malloc (Linux)")
     combos = [(m, a) for m in args.models.split(",") for a in args.algs.split(",")]
     for model, alg in combos:
         if model not in ARCHITECTURES or alg not in ALGS:
