@@ -17,13 +17,20 @@ each row's peak RSS is its own), timings as medians over `--rounds` alternating 
   compiled steps' cost analysis, and the achieved GFLOP/s;
 - the rate of a jitted 2048x2048 matrix product in the step's dtype, and the step's time over
   its FLOP floor (FLOPs / that rate);
+- the optimizer update alone, which reads and writes the whole train state and so is bound by
+  memory traffic: its time over its byte floor (the compiled update's argument and output
+  bytes at the bandwidth of STREAM's triad, measured by the same process); the step over its
+  roofline floor (the gradient's FLOP floor plus the update's byte floor); and a training
+  batch (the gradient, and the update once per `accumulate_bs` batches, as meta-training
+  applies it) over its FLOP floor;
 - one edit, and its ratio to one forward+backward of the base model on the same edit batch;
 - the process's peak RSS after the training steps (measured first, beside the GEMM: the
   forward+backward's gradient of the whole base model is the benchmark's, not training's),
   the RSS the libraries held before the model was built (JAX, transformers, and torch when
   transformers finds it installed), and the compiled step's `memory_analysis()` bytes
   (arguments + outputs - donated + temporaries).
-`--host_memory lean` runs the row as train.py's `--host_memory=lean` does (mend_jax/host_memory.py).
+`--host_memory` sets the host allocator's mode as train.py's flag does (mend_jax/host_memory.py):
+trim by default, lean, or keep.
 """
 import argparse
 import json
@@ -47,6 +54,7 @@ from mend_jax.models.layers import DTYPES
 from mend_jax.trainer import Experiment, Trainer
 
 GEMM_SIZE = 2048
+STREAM_FLOATS = 2**24  # 64 MiB a float32 array: far beyond the caches, as the train state is
 ALGS = ("mend", "enn", "efk")
 
 
@@ -151,7 +159,17 @@ def medians(fns: dict, steps: int, rounds: int) -> dict:
 def compiled_bytes(compiled) -> dict:
     m = compiled.memory_analysis()
     total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-    return {"arguments": m.argument_size_in_bytes, "temporaries": m.temp_size_in_bytes, "total": total}
+    return {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes,
+            "temporaries": m.temp_size_in_bytes, "total": total}
+
+
+def stream_triad():
+    """(a jitted in-place y <- 1.5 x + y over STREAM_FLOATS float32 values, (x, y), bytes it moves):
+    STREAM's triad, this process's measure of memory bandwidth. y is donated, so each call
+    updates its buffer in place as the optimizer update does the train state's."""
+    x = jnp.ones((STREAM_FLOATS,), jnp.float32)
+    triad = jax.jit(lambda x, y: 1.5 * x + y, donate_argnums=1)
+    return triad, [x, jnp.zeros_like(x)], 3 * x.nbytes
 
 
 def peak_rss_mib() -> float:
@@ -181,21 +199,45 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
         state = apply_step(state)
         return state.params
 
+    def update_only():
+        nonlocal state
+        state = apply_step(state)
+        return state.params
+
     # The step first, beside the small GEMM: the peak RSS after it is the training's. The
     # forward+backward's gradient of the whole base model is the benchmark's, not training's.
     times = medians({"step": train_step, "gemm": lambda: gemm(a)}, steps, rounds)
     training_rss = peak_rss_mib()
+    triad, triad_args, triad_bytes = stream_triad()
+
+    def stream():
+        triad_args[1] = triad(*triad_args)
+        return triad_args[1]
+
     times.update(medians({
         "edit": lambda: edit(state.params, state.stats, base, batch),
         "fwd_bwd": lambda: fwd_bwd(params),
+        "update": update_only,
+        "stream": stream,
     }, steps, rounds))
-    flops = grad_step.cost_analysis()["flops"] + apply_step.cost_analysis()["flops"]
-    gemm_rate = 2 * GEMM_SIZE**3 / times["gemm"]
+    grad_flops, update_flops = grad_step.cost_analysis()["flops"], apply_step.cost_analysis()["flops"]
+    flops = grad_flops + update_flops
+    gemm_rate, bandwidth = 2 * GEMM_SIZE**3 / times["gemm"], triad_bytes / times["stream"]
+    update_bytes = compiled_bytes(apply_step)
+    # The update reads and writes the train state at least once: its floor is memory traffic, not FLOPs.
+    update_floor = (update_bytes["arguments"] + update_bytes["outputs"]) / bandwidth
+    acc_bs = config.accumulate_bs
+    batch_s = times["step"] - times["update"] + times["update"] / acc_bs  # a training batch's share
     row = {
         "model": model, "alg": alg, "dtype": dtype, "overrides": list(overrides),
         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
         "step_s": times["step"], "gflop": flops / 1e9, "gflops_per_s": flops / times["step"] / 1e9,
         "gemm_gflops_per_s": gemm_rate / 1e9, "step_over_floor": times["step"] / (flops / gemm_rate),
+        "update_s": times["update"], "stream_gb_per_s": bandwidth / 1e9,
+        "update_over_byte_floor": times["update"] / update_floor,
+        "step_over_roofline": times["step"] / (grad_flops / gemm_rate + update_floor),
+        "accumulate_bs": acc_bs, "batch_s": batch_s,
+        "batch_over_floor": batch_s / ((grad_flops + update_flops / acc_bs) / gemm_rate),
         "edit_s": times["edit"], "fwd_bwd_s": times["fwd_bwd"], "edit_over_fwd_bwd": times["edit"] / times["fwd_bwd"],
         "peak_rss_mib": training_rss, "peak_rss_with_edit_mib": peak_rss_mib(),
         "libraries_rss_mib": libraries_rss, "torch_loaded": "torch" in sys.modules,
@@ -232,17 +274,20 @@ def step_profile(grad_step, apply_step, state, base, batch) -> dict:
 
 def print_table(rows) -> None:
     print(f"Device: {rows[0]['device']}; 1 edit + 1 locality example; medians")
-    print("| model | alg | dtype | step (ms) | GFLOP | GFLOP/s | GEMM GFLOP/s | step / floor | edit (ms) "
+    print("| model | alg | dtype | step (ms) | GFLOP | GFLOP/s | GEMM GFLOP/s | step / floor | update (ms) "
+          "| triad GB/s | update / byte floor | step / roofline | batch / floor | edit (ms) "
           "| fwd+bwd (ms) | edit / fwd+bwd | peak RSS (MiB) | of which libraries | compiled step (MiB: args / temps / total) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * 19 + "|")
     mib = lambda b: f"{b / 2**20:.0f}"
     for r in rows:
         b = r["step_bytes"]
         alg = r["alg"] + "".join(f" {o}" for o in r["overrides"])
-        if r.get("host_memory", "default") != "default":
+        if r.get("host_memory", "trim") != "trim":
             alg += f", host memory {r['host_memory']}"
         print(f"| {r['model']} | {alg} | {r['dtype']} | {r['step_s'] * 1e3:.0f} | {r['gflop']:.1f} "
               f"| {r['gflops_per_s']:.0f} | {r['gemm_gflops_per_s']:.0f} | {r['step_over_floor']:.2f}x "
+              f"| {r['update_s'] * 1e3:.0f} | {r['stream_gb_per_s']:.1f} | {r['update_over_byte_floor']:.2f}x "
+              f"| {r['step_over_roofline']:.2f}x | {r['batch_over_floor']:.2f}x "
               f"| {r['edit_s'] * 1e3:.1f} | {r['fwd_bwd_s'] * 1e3:.1f} | {r['edit_over_fwd_bwd']:.2f}x "
               f"| {r['peak_rss_mib']:.0f} | {r['libraries_rss_mib']:.0f}{' (torch)' if r['torch_loaded'] else ''} | {mib(b['arguments'])} / {mib(b['temporaries'])} / {mib(b['total'])} |")
     for r in rows:
@@ -269,11 +314,11 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override for every row, e.g. --set opt_moments_dtype=bfloat16")
     ap.add_argument("--profile", action="store_true", help="also trace the step and group its ops by kind")
-    ap.add_argument("--host_memory", default="default", choices=("default", "lean"),
-                    help="lean: give freed host buffers back to the system (mend_jax/host_memory.py), as train.py's flag")
+    ap.add_argument("--host_memory", default="trim", choices=host_memory.MODES,
+                    help="the host allocator's mode, as train.py's flag (mend_jax/host_memory.py)")
     ap.add_argument("--json", action="store_true", help="print each row as JSON (one process per row)")
     args = ap.parse_args()
-    if args.host_memory == "lean" and not host_memory.lean():
+    if not host_memory.configure(args.host_memory) and args.host_memory == "lean":
         ap.error("--host_memory lean needs glibc's malloc (Linux)")
     combos = [(m, a) for m in args.models.split(",") for a in args.algs.split(",")]
     for model, alg in combos:

@@ -22,6 +22,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from mend_jax import meta
+from mend_jax.accumulation import accumulate, starts_window
 
 
 def group(step: int, n_data: int, max_iters: int) -> List[int]:
@@ -97,13 +98,15 @@ def make_group_step(editor, loss_fn: Callable, accumulate_bs: int, mesh, grad_sh
             grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
         use = valid & finite
 
-        def accumulate(acc, g):
+        def group_sum(g):
             mask = use.reshape((n,) + (1,) * (g.ndim - 1))  # where, not a 0 weight: 0 * inf is nan
-            return acc + jnp.sum(jnp.where(mask, g / accumulate_bs, jnp.zeros_like(g)), axis=0)
+            return jnp.sum(jnp.where(mask, g / accumulate_bs, jnp.zeros_like(g)), axis=0)
 
+        # A group lies within one window (config_checks.check_data_parallel): its first batch says.
+        fresh = starts_window(state.step, accumulate_bs)
         state = state.replace(
             stats=stats,
-            grad_acc=jax.tree_util.tree_map(accumulate, state.grad_acc, grads),
+            grad_acc=accumulate(state.grad_acc, jax.tree_util.tree_map(group_sum, grads), fresh),
             step=state.step + valid.sum(dtype=jnp.int32),
             n_skipped=state.n_skipped + (valid & ~finite).sum(dtype=jnp.int32),
         )

@@ -1,18 +1,20 @@
-"""The host allocator under XLA's CPU buffers: give freed step buffers back to the system.
+"""The host allocator under XLA's CPU buffers: give freed memory back to the system.
 
 On the CPU backend XLA's buffers (parameters, the train state, each step's temporaries) are
-the process's own malloc'd memory. glibc serves an allocation above its mmap threshold from a
-mapping of its own, which `free` returns to the system, but after freeing one it raises the
-threshold to that allocation's size (up to 32 MiB). From then on a step's temporaries below
-that size come from the heap, where a freed block stays in the resident set, so a training
-process holds several hundred MiB more than its live buffers. Fixing the threshold keeps every
-large buffer in its own mapping. XLA's compiler also leaves freed heap behind; `malloc_trim`
-after each compilation (JAX reports every backend compile as a monitoring event, before the
-compiled step first runs) gives that back before the step's buffers arrive.
-
-`lean()` does both for the rest of the process (train.py's `--host_memory=lean`,
-`benchmarks/bench_mend.py --host_memory lean`; README "Benchmarks" measures what it saves and
-costs). Nothing here changes a number the steps compute.
+the process's own malloc'd memory. Two things keep a training process's resident set above
+its live buffers:
+- XLA's compiler frees several hundred MiB of heap when it finishes, which glibc keeps.
+  `malloc_trim` after each compilation (JAX reports every backend compile as a monitoring
+  event, before the compiled step first runs) gives it back before the step's buffers arrive.
+  A trim per compilation costs nothing measurable: this is `--host_memory=trim`, the default.
+- glibc serves an allocation above its mmap threshold from a mapping of its own, which `free`
+  returns to the system, but after freeing one it raises the threshold to that allocation's
+  size (up to 32 MiB). From then on a step's temporaries below that size come from the heap,
+  where a freed block stays resident. Fixing the threshold keeps every large buffer in its own
+  mapping, at the price of page faults on each fresh mapping: `--host_memory=lean` does this
+  as well as the trims.
+`keep` leaves the allocator alone. README "Benchmarks" measures what each saves and costs;
+nothing here changes a number the steps compute.
 """
 import ctypes
 import ctypes.util
@@ -23,7 +25,7 @@ import jax
 
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number in glibc's malloc.h
 LEAN_MMAP_THRESHOLD = 2**20  # 1 MiB: the benchmark's best; 256 KiB slows the step by page faults
-_lean = False
+_trimming = False  # the compile listener is registered
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch.BACKEND_COMPILE_EVENT
 
 
@@ -59,11 +61,28 @@ def _release_after_compile(event: str, duration: float, **kwargs) -> None:
         release_freed()
 
 
+def trim_after_compile() -> bool:
+    """Release freed memory after every compilation, for the rest of the process (once, however
+    often it is called). False without glibc, where nothing changes."""
+    global _trimming
+    if not _trimming and _glibc() is not None:
+        jax.monitoring.register_event_duration_secs_listener(_release_after_compile)
+        _trimming = True
+    return _trimming
+
+
 def lean() -> bool:
     """Fix the mmap threshold at 1 MiB and release freed memory after every compilation, for
     the rest of the process. False without glibc, where nothing changes."""
-    global _lean
-    if not _lean and fix_mmap_threshold(LEAN_MMAP_THRESHOLD):
-        jax.monitoring.register_event_duration_secs_listener(_release_after_compile)
-        _lean = True
-    return _lean
+    return fix_mmap_threshold(LEAN_MMAP_THRESHOLD) and trim_after_compile()
+
+
+MODES = ("trim", "lean", "keep")
+
+
+def configure(mode: str) -> bool:
+    """Apply a `--host_memory` mode (MODES; call it before the first buffer is allocated).
+    False where the mode needs glibc and this process has another allocator."""
+    if mode not in MODES:
+        raise ValueError(f"host memory mode {mode!r}: one of {', '.join(MODES)}")
+    return {"trim": trim_after_compile, "lean": lean, "keep": lambda: True}[mode]()

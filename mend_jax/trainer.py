@@ -3,7 +3,7 @@
 The jitted pieces are pure functions of one train-state pytree:
 `grad_step` accumulates the gradient of one batch (skipping non-finite ones),
 `apply_step` clips and applies the accumulated gradient every `accumulate_bs`
-batches, and `evaluate` scores many single edits at once with vmap. On a mesh with
+batches (accumulation.py: the windows; clipping.py: torch's clipping), and `evaluate` scores many single edits at once with vmap. On a mesh with
 several data-parallel devices, `group_step` (data_parallel.py) takes one batch per
 device in place of that many `grad_step`s; the state and the base model live where
 the sharding rules put them (sharding.py).
@@ -21,6 +21,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from mend_jax import config_checks, config_lib, data_parallel, distributed, environment, meta, sharding
+from mend_jax.accumulation import accumulate, applies_update, starts_window
+from mend_jax.clipping import clip_grad_norm_like_torch
 from mend_jax.checkpointing import BEST_METRIC, Checkpointer, check_free_space, state_bytes
 from mend_jax.data.batching import stack_batches
 from mend_jax.editing.editor_files import EDITOR_DIR, save_editor
@@ -35,7 +37,10 @@ class TrainState:
     params: Any  # trainable editor parameters (with train_base, the trained base leaves too)
     stats: Any  # non-trainable editor state (normalisation statistics)
     opt_state: Any
-    grad_acc: Any  # gradient summed over the current accumulation window
+    # The gradient summed over the current accumulation window. The update leaves it as it is
+    # (zeroing it would cost a write of the whole tree, and XLA copies it first): the next batch,
+    # which starts a new window, replaces it instead of adding to it (starts_window).
+    grad_acc: Any
     step: jax.Array  # batches seen
     n_skipped: jax.Array  # batches with non-finite gradients
     rng: jax.Array
@@ -55,17 +60,7 @@ def make_optimizer(config: ml_collections.ConfigDict, labels) -> optax.GradientT
         inner = optax.multi_transform(groups, labels)
     else:
         inner = adam(config.lr)
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), inner)
-
-
-def applies_update(step: int, accumulate_bs: int) -> bool:
-    """Whether the accumulated gradient is applied after batch `step` (0-based).
-
-    As in the reference (`global_iter > 0 and global_iter % accumulate_bs == 0`): the
-    first window holds batches 0..accumulate_bs (one more than the others), then every
-    window holds accumulate_bs batches; each batch's gradient is divided by accumulate_bs.
-    """
-    return step > 0 and step % accumulate_bs == 0
+    return optax.chain(clip_grad_norm_like_torch(config.grad_clip), inner)
 
 
 class TrainingDiverged(RuntimeError):
@@ -183,9 +178,8 @@ class Trainer:
                 state.params, state.stats, base_params, batch
             )
             finite = data_parallel.all_finite(grads) & jnp.isfinite(loss)
-            grad_acc = jax.tree_util.tree_map(
-                lambda a, g: a + jnp.where(finite, g / acc_bs, jnp.zeros_like(g)), state.grad_acc, grads
-            )
+            scaled = jax.tree_util.tree_map(lambda g: jnp.where(finite, g / acc_bs, jnp.zeros_like(g)), grads)
+            grad_acc = accumulate(state.grad_acc, scaled, starts_window(state.step, acc_bs))
             # Statistics poisoned by a non-finite batch would spoil every later edit.
             stats = jax.tree_util.tree_map(
                 lambda new, old: jnp.where(data_parallel.all_finite(stats), new, old), stats, state.stats
@@ -201,7 +195,6 @@ class Trainer:
             return state.replace(
                 params=optax.apply_updates(state.params, updates),
                 opt_state=opt_state,
-                grad_acc=jax.tree_util.tree_map(jnp.zeros_like, state.grad_acc),
             )
 
         def eval_one(params, stats, base_params, batch):

@@ -78,3 +78,29 @@ def test_token_stats_match_the_reference(shift):
     assert correct[1] and correct[2] and not correct[0]
     np.testing.assert_allclose(np.asarray(stats.prob), prob, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(grad), ref_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("vocab", [50258, 1000, 384, 300, 200])
+def test_two_pass_argmax_is_jnp_argmax_with_ties_infinities_and_nans(vocab):
+    rng = np.random.default_rng(vocab)
+    rows = [rng.standard_normal((6, vocab)), rng.integers(0, 3, (6, vocab)).astype(float)]  # many ties
+    special = rng.standard_normal((10, vocab))
+    tail = vocab - vocab % losses.ARGMAX_CHUNK if vocab % losses.ARGMAX_CHUNK else vocab - 1
+    special[0, :] = -np.inf  # all -inf: index 0
+    special[1, [5, vocab - 1]] = np.inf  # two +inf: the first
+    special[2, [vocab // 2, 3]] = np.nan  # NaNs: the first NaN
+    special[3, tail:] = np.nan  # a NaN only in the tail beyond the last whole chunk
+    special[4, [2, tail]] = 50.0  # a tie between a chunk and the tail: the chunk's
+    special[5, tail] = 50.0  # the maximum in the tail
+    special[6, [1, tail]] = np.nan  # NaN in a chunk and in the tail: the chunk's
+    special[7, :] = 0.0  # all equal: index 0
+    special[8, -1] = 50.0  # the last entry
+    special[9, losses.ARGMAX_CHUNK] = 50.0  # the first entry of the second chunk
+    rows.append(special)
+    x = np.concatenate(rows).astype(np.float32)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        values = jnp.asarray(x, dtype)
+        want = np.asarray(jnp.argmax(values, axis=-1))
+        np.testing.assert_array_equal(np.asarray(jax.jit(losses.argmax_last)(values)), want)
+        batched = jax.vmap(losses.argmax_last)(values.reshape(2, -1, vocab))  # as evaluation vmaps it
+        np.testing.assert_array_equal(np.asarray(batched).reshape(-1), want)

@@ -170,6 +170,45 @@ def test_non_finite_batch_is_skipped_and_counted(gen_config, experiment, tmp_pat
     assert any(float(np.abs(g).sum()) > 0 for g in jax.tree_util.tree_leaves(good.grad_acc))
 
 
+@pytest.mark.parametrize("accumulate_bs", [1, 2, 10])
+def test_a_window_starts_at_batch_0_and_after_each_update(accumulate_bs):
+    import jax.numpy as jnp
+
+    from mend_jax.accumulation import applies_update, starts_window
+
+    for step in range(45):
+        want = step == 0 or applies_update(step - 1, accumulate_bs)
+        assert bool(starts_window(step, accumulate_bs)) == want
+        assert bool(starts_window(jnp.int32(step), accumulate_bs)) == want, step
+
+
+def test_an_update_leaves_the_accumulator_and_the_next_window_replaces_it(gen_config, experiment, tmp_path):
+    cfg = gen_config.copy_and_resolve_references()
+    cfg.accumulate_bs = 2  # windows: batches 0-2, 3-4, ...
+    trainer = Trainer(cfg, experiment, str(tmp_path))
+    base, batch = trainer.base_params, experiment.train_data.train_batch
+    put = lambda host: jax.device_put(host, trainer.state_shardings)  # the steps donate their input
+    zeroed = lambda host: host.replace(grad_acc=jax.tree_util.tree_map(np.zeros_like, host.grad_acc))
+    state = trainer.init_state()
+    for i in range(3):
+        state, _ = trainer._grad_step(state, base, batch(i))
+    applied = jax.device_get(state.grad_acc)
+    # At MEND's init only the editor's u kernels and the α's have a gradient (v's waits on u).
+    moving = lambda acc: [layer["u"] for net in acc["nets"].values() for layer in net["mlp"].values()] + [acc["edit_lrs"]]
+    assert all(np.abs(g).sum() > 0 for g in moving(applied))
+    after = jax.device_get(trainer._apply_step(state))
+    chex.assert_trees_all_equal(after.grad_acc, applied)  # the update leaves it as it was
+    # Batch 3 starts a window: the stale sum is replaced, as if the accumulator had been zeroed.
+    fresh = jax.device_get(trainer._grad_step(put(after), base, batch(3))[0])
+    from_zero = jax.device_get(trainer._grad_step(put(zeroed(after)), base, batch(3))[0])
+    chex.assert_trees_all_equal(fresh.grad_acc, from_zero.grad_acc)
+    # Batch 4 is within the window: its gradient is added to batch 3's.
+    added = jax.device_get(trainer._grad_step(put(fresh), base, batch(4))[0])
+    alone = jax.device_get(trainer._grad_step(put(zeroed(fresh)), base, batch(4))[0])
+    chex.assert_trees_all_equal(added.grad_acc, jax.tree_util.tree_map(np.add, fresh.grad_acc, alone.grad_acc))
+    assert all(np.abs(g).sum() > 0 for g in moving(fresh.grad_acc))
+
+
 def test_early_stopping_ends_the_run(gen_config, experiment, tmp_path):
     cfg = gen_config.copy_and_resolve_references()
     cfg.update(dict(lr=0.0, max_iters=30, val_interval=3, early_stop_patience=3, checkpoint_interval=100))

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from mend_jax import losses
+from mend_jax.clipping import clip_grad_norm_like_torch
 from mend_jax.editors.base import EditTarget, Params, add_to_inner, inner_values
 
 
@@ -41,7 +42,7 @@ class FT:
         self.cfg = cfg
         self.heldout_loc = heldout_loc
         self.optimizer = optax.chain(
-            optax.clip_by_global_norm(grad_clip),
+            clip_grad_norm_like_torch(grad_clip),
             optax.rmsprop(edit_lr, decay=0.99, eps=1e-8, eps_in_sqrt=False),
         )
 
