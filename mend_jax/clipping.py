@@ -13,8 +13,8 @@ def clip_grad_norm_like_torch(max_norm: float) -> optax.GradientTransformation:
 
     optax.clip_by_global_norm computes g / ‖g‖ · max_norm past the norm instead. Besides the 1e-6,
     its divide makes XLA write the clipped gradient out before Adam reads it; one multiply fuses
-    into Adam's reads, which cuts the optimizer update's memory traffic by a third and its time
-    by more than half (README "Benchmarks")."""
+    into Adam's reads, which takes the optimizer update's memory traffic from 19 to 11 times the
+    editor's size and its time from about 130 to 40-60 ms on distilgpt2 (README "Benchmarks")."""
 
     def update(updates, state, params=None):
         del params
