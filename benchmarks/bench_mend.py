@@ -186,7 +186,7 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
     base = trainer.base_params
     grad_step = trainer._grad_step.lower(state, base, batch).compile()
     apply_step = trainer._apply_step.lower(state).compile()
-    edit = trainer._edit_only.lower(state.params, state.stats, base, batch).compile()
+    edit = trainer._edit_only  # compiles on its first call: it computes the edited matrices alone
     edit_batch = batch["edit_inner"]
     fwd_bwd = jax.jit(jax.grad(lambda p: target.nll(target.logits(p, edit_batch), edit_batch)))
     fwd_bwd = fwd_bwd.lower(params).compile()
@@ -263,13 +263,26 @@ def step_profile(grad_step, apply_step, state, base, batch) -> dict:
         holder["state"] = apply_step(holder["state"])
         return holder["state"].params
 
-    kinds, slowest = {}, []
+    kinds, products, slowest = {}, {}, []
     for fn, compiled in ((run_grad, grad_step), (run_apply, apply_step)):
         by_kind, ops = hlo_profile.profile(fn, compiled.as_text())
         for kind, seconds in by_kind.items():
             kinds[kind] = kinds.get(kind, 0.0) + seconds * 1e3
+        for t, _, op in ops:
+            if op.kind == "matmul":
+                ms_flops = products.setdefault(product_group(op), [0.0, 0.0])
+                ms_flops[0] += t * 1e3
+                ms_flops[1] += op.flops
         slowest += [(t * 1e3, op.kind, op.shape, op.source) for t, _, op in ops]
-    return {"kinds": kinds, "slowest": sorted(slowest, reverse=True)[:12]}
+    return {"kinds": kinds, "products": products, "slowest": sorted(slowest, reverse=True)[:12]}
+
+
+def product_group(op) -> str:
+    """A matmul's operand layout, and whether it has at most 32 rows (qa's and fc's batches
+    have 8 and 32 tokens; a GEMM library runs such products below its large-matrix rate)."""
+    rows = hlo_profile.dims(op.shape)[:1]
+    small = op.form in ("NN", "NT") and rows and rows[0] <= 32
+    return f"{op.form or '?'}{', <= 32 rows' if small else ''}"
 
 
 def print_table(rows) -> None:
@@ -299,6 +312,12 @@ def print_table(rows) -> None:
         print("| op kind | ms per step | share |\n|---|---|---|")
         for kind, ms in sorted(r["profile"]["kinds"].items(), key=lambda kv: -kv[1]):
             print(f"| {kind} | {ms:.1f} | {ms / total:.0%} |")
+        print("\nIts matmuls by operand layout (NT: y = x Wᵀ, as a backward pass's dx = dy Wᵀ; TN: a weight "
+              "gradient xᵀ dy), at the GEMM's rate above:")
+        print("| matmul | ms per step | GFLOP | GFLOP/s | time / FLOP floor |\n|---|---|---|---|---|")
+        for group, (ms, flops) in sorted(r["profile"]["products"].items(), key=lambda kv: -kv[1][0]):
+            floor_ms = flops / (r["gemm_gflops_per_s"] * 1e9) * 1e3
+            print(f"| {group} | {ms:.1f} | {flops / 1e9:.2f} | {flops / ms / 1e6:.0f} | {ms / floor_ms:.2f}x |")
         print("\nslowest ops: ms, kind, shape, source")
         for ms, kind, shape, source in r["profile"]["slowest"]:
             print(f"  {ms:7.1f}  {kind:14s} {shape[:40]:40s} {source[-90:]}")

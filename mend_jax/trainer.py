@@ -27,6 +27,7 @@ from mend_jax.checkpointing import BEST_METRIC, Checkpointer, check_free_space, 
 from mend_jax.data.batching import stack_batches
 from mend_jax.editing.editor_files import EDITOR_DIR, save_editor
 from mend_jax.editors.base import needs_training
+from mend_jax.forwarding import jit_forwarding_inputs
 from mend_jax.metric_log import MetricLog, with_suffix
 from mend_jax.models.layers import DTYPES
 from mend_jax.progress import progress as progress_bar
@@ -218,7 +219,7 @@ class Trainer:
         group_step = data_parallel.make_group_step(exp.editor, loss_fn, acc_bs, self.mesh, grad_shardings)
         self._group_step = jax.jit(group_step, donate_argnums=0, out_shardings=(state_sh, repl))
         self._evaluate = jax.jit(jax.vmap(eval_one, in_axes=(None, None, None, 0)), out_shardings=repl)
-        self._edit_only = jax.jit(edit_only)
+        self._edit_only = jit_forwarding_inputs(edit_only)  # the model's unedited leaves are not copied
 
     def init_state(self) -> TrainState:
         return self._init_state(self.base_params)

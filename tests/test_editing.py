@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import traverse_util
 
 from mend_jax import Editor, config_checks, experiments, losses
 from mend_jax import edit as edit_cli
@@ -92,6 +93,10 @@ def test_batch_edit_is_the_editors_own_edit_on_the_prompt_and_target(editor):
     expected, _, _ = editor.editor.edit(editor.params, editor.stats, editor.model.params, batch, False)
     assert max_diff(result.params, expected) < 1e-6
     assert max_diff(result.params, editor.model.params) > 1e-4  # it did edit
+    # Only the inner matrices are new arrays; every other leaf is the original model's own.
+    flat, original = traverse_util.flatten_dict(result.params), traverse_util.flatten_dict(editor.model.params)
+    inner = set(editor.model.target.inner_paths)
+    assert inner and all((flat[p] is original[p]) == (p not in inner) for p in flat)
     assert len(result.history) == 1 and result.history[0]["n_edits"] == 2
     # Reliability: every target token is the teacher-forced argmax after the edit.
     target = editor.model.target

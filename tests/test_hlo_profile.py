@@ -28,3 +28,18 @@ def test_profile_finds_the_matmul_and_the_softmax():
     kinds, slowest = hlo_profile.profile(lambda: compiled(a, b), compiled.as_text(), repeats=2)
     assert kinds.get("matmul", 0) > 0 and kinds.get("reduction", 0) > 0
     assert all(name in ops for _, name, _ in slowest)
+
+
+def test_matmuls_carry_their_flops_and_operand_layout():
+    def f(x, w, v, y):
+        # x @ w: NN; x @ v.T: NT (a backward pass's dy Wᵀ); x.T @ y: TN (a weight gradient).
+        return x @ w, x @ v.T, x.T @ y
+
+    x, w, v, y = jnp.ones((8, 64)), jnp.ones((64, 96)), jnp.ones((40, 64)), jnp.ones((8, 24))
+    compiled = jax.jit(f).lower(x, w, v, y).compile()
+    matmuls = [op for op in hlo_profile.hlo_ops(compiled.as_text()).values() if op.kind == "matmul" and op.flops]
+    by_shape = {tuple(hlo_profile.dims(op.shape)): op for op in matmuls}  # a fusion and its dot agree
+    nn, nt, tn = by_shape[8, 96], by_shape[8, 40], by_shape[64, 24]
+    assert (nn.form, nn.flops) == ("NN", 2 * 8 * 64 * 96)
+    assert (nt.form, nt.flops) == ("NT", 2 * 8 * 64 * 40)
+    assert (tn.form, tn.flops) == ("TN", 2 * 64 * 8 * 24)

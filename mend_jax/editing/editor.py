@@ -30,6 +30,7 @@ from mend_jax.editing.counterfact_scores import Scorer, case_scores, concat_case
 from mend_jax.editing.requests import EditInputError, EditRequests, make_requests
 from mend_jax.editors.base import needs_training
 from mend_jax.editors.train_base import TrainableBase
+from mend_jax.forwarding import jit_forwarding_inputs
 
 DEFAULT_NEW_TOKENS = 8
 
@@ -71,7 +72,8 @@ class Editor:
         self.original = editor.current_base(params, model.params) if trains_base else model.params
         target = model.target
         self._inner = (inner_params, stats)  # arguments, not constants baked into the compiled edit
-        self._edit_fn = jax.jit(lambda p, s, current, batch: inner.edit(p, s, current, batch, False)[0])
+        # Only the edited matrices are computed; the rest of the model is `current`'s arrays.
+        self._edit_fn = jit_forwarding_inputs(lambda p, s, current, batch: inner.edit(p, s, current, batch, False)[0])
         self._score = jax.jit(lambda current, batch: losses.token_stats(
             target.logits(current, batch), batch["labels"], target.shift_labels))
         self.codec = make_codec(model, config, max_new_tokens)
