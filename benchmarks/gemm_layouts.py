@@ -1,12 +1,19 @@
 """The rate of one jitted matrix product by its row count and operand layout.
 
   python benchmarks/gemm_layouts.py                 # the products of MEND's qa, fc and gen steps
+  python benchmarks/gemm_layouts.py --cold          # each product with a weight out of the caches
   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python benchmarks/gemm_layouts.py   # without YNNPACK
 
 A meta-training step's forward passes compute y = x W (NN); its backward passes dx = dy Wᵀ
 (NT: W contracted on its last axis). qa's and fc's batches give these products 8 or 32 rows.
 `bench_mend.py --profile` reports the same split inside the step; this prints what the GEMM
 library does with each shape alone, with a 2048-row product for reference.
+
+With `--cold` each product multiplies a different weight, from a set of COLD_BYTES: a weight
+is out of the caches when it is used, as in a meta-training step, where the model's other
+matrices pass through between two uses of one. The weight's bytes over the product's time
+are printed too: a product far below the triad's bandwidth (bench_mend.py) and the GEMM's
+FLOP rate is limited by neither.
 """
 import argparse
 import statistics
@@ -19,6 +26,7 @@ from jax import lax
 # (K, N): t5-small's MLP and attention, its LM head, distilgpt2's LM head, MEND's 1536-wide net.
 SHAPES = ((1024, 512), (512, 384), (32128, 512), (50257, 768), (1536, 1536))
 ROWS = (8, 32, 200, 2048)
+COLD_BYTES = 256 * 2**20  # 8 times this machine's 32 MiB L3
 
 
 def seconds(fn, *args, repeats: int) -> float:
@@ -31,24 +39,40 @@ def seconds(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
+def products(k: int, n: int, cold: bool):
+    """(NN, NT, the weights each call reads): NN multiplies x (M, K) by each weight (K, N), NT
+    contracts each weight (N, K) on its last axis; one weight warm, COLD_BYTES of them cold."""
+    count = max(1, COLD_BYTES // (4 * k * n)) if cold else 1
+    key = jax.random.PRNGKey(0)
+    w = [jax.random.normal(jax.random.fold_in(key, i), (k, n)) for i in range(count)]
+    w_t = [jax.random.normal(jax.random.fold_in(key, i), (n, k)) for i in range(count)]
+    nn = jax.jit(lambda x, ws: [x @ w for w in ws])
+    nt = jax.jit(lambda x, ws: [lax.dot_general(x, w, (((1,), (1,)), ((), ()))) for w in ws])
+    return (lambda x: nn(x, w)), (lambda x: nt(x, w_t)), count
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--cold", action="store_true", help="each product with a weight out of the caches")
     args = ap.parse_args()
-    nn = jax.jit(lambda x, w: x @ w)
-    nt = jax.jit(lambda x, w_t: lax.dot_general(x, w_t, (((1,), (1,)), ((), ()))))
-    print(f"Device: {jax.devices()[0].device_kind}; GFLOP/s of y = x W (NN) and y = x Wᵀ (NT), x of M rows")
+    where = f"each weight cold (one of {COLD_BYTES >> 20} MiB of them)" if args.cold else "one warm weight"
+    print(f"Device: {jax.devices()[0].device_kind}; GFLOP/s of y = x W (NN) and y = x Wᵀ (NT), x of M rows, {where}"
+          + ("; then the weight's GB/s" if args.cold else ""))
     print("| K × N | " + " | ".join(f"M={m}: NN / NT" for m in ROWS) + " |")
     print("|---" * (len(ROWS) + 1) + "|")
     key = jax.random.PRNGKey(0)
     for k, n in SHAPES:
-        w, w_t = jax.random.normal(key, (k, n)), jax.random.normal(key, (n, k))
+        nn, nt, count = products(k, n, args.cold)
         cells = []
         for m in ROWS:
             x = jax.random.normal(key, (m, k))
-            gflop = 2 * m * k * n / 1e9
-            cells.append(f"{gflop / seconds(nn, x, w, repeats=args.repeats):.0f} / "
-                         f"{gflop / seconds(nt, x, w_t, repeats=args.repeats):.0f}")
+            gflop, gbyte = 2 * m * k * n * count / 1e9, 4 * k * n * count / 1e9
+            t_nn, t_nt = seconds(nn, x, repeats=args.repeats), seconds(nt, x, repeats=args.repeats)
+            cell = f"{gflop / t_nn:.0f} / {gflop / t_nt:.0f}"
+            if args.cold:
+                cell += f" ({gbyte / t_nn:.0f} / {gbyte / t_nt:.0f} GB/s)"
+            cells.append(cell)
         print(f"| {k} × {n} | " + " | ".join(cells) + " |")
 
 

@@ -18,7 +18,6 @@ from typing import Callable, List
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import PartitionSpec as P
 
 from mend_jax import meta
@@ -39,6 +38,18 @@ def padded(indices: List[int], n_data: int) -> List[int]:
 def all_finite(tree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves] + [jnp.array(True)]))
+
+
+def norm_and_finite(grads):
+    """(global L2 norm, whether every entry is finite) of a gradient, reading it once in the
+    common case. A NaN or ±inf entry makes Σ g² NaN or +inf, so a finite sum proves every entry
+    finite; only a non-finite sum (a bad batch, or finite entries too large to square) pays for
+    the exact test. XLA:CPU runs the sum of squares at memory speed and `all_finite`'s
+    and-reduction 5x slower (62 ms against 12 on one core for MEND's 236 MB editor gradient
+    on bert-base)."""
+    total = sum((jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)), jnp.zeros((), jnp.float32))
+    finite = jax.lax.cond(jnp.isfinite(total), lambda: jnp.array(True), lambda: all_finite(grads))
+    return jnp.sqrt(total), finite
 
 
 def tracks_stats(editor) -> bool:
@@ -65,8 +76,8 @@ def make_group_step(editor, loss_fn: Callable, accumulate_bs: int, mesh, grad_sh
 
     def batch_gradient(params, stats, base_params, batch):
         (loss, (_, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, base_params, batch)
-        sums["grad_norm"] = optax.global_norm(grads)
-        return grads, all_finite(grads) & jnp.isfinite(loss), sums
+        sums["grad_norm"], finite = norm_and_finite(grads)
+        return grads, finite & jnp.isfinite(loss), sums
 
     def stats_before_each(state, base_params, batches, valid):
         """(the statistics each batch is edited with, the statistics after the last)."""

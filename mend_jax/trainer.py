@@ -178,14 +178,15 @@ class Trainer:
             (loss, (stats, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
                 state.params, state.stats, base_params, batch
             )
-            finite = data_parallel.all_finite(grads) & jnp.isfinite(loss)
+            grad_norm, finite = data_parallel.norm_and_finite(grads)
+            finite = finite & jnp.isfinite(loss)
             scaled = jax.tree_util.tree_map(lambda g: jnp.where(finite, g / acc_bs, jnp.zeros_like(g)), grads)
             grad_acc = accumulate(state.grad_acc, scaled, starts_window(state.step, acc_bs))
             # Statistics poisoned by a non-finite batch would spoil every later edit.
             stats = jax.tree_util.tree_map(
                 lambda new, old: jnp.where(data_parallel.all_finite(stats), new, old), stats, state.stats
             )
-            sums["grad_norm"] = optax.global_norm(grads)
+            sums["grad_norm"] = grad_norm
             state = state.replace(
                 stats=stats, grad_acc=grad_acc, step=state.step + 1, n_skipped=state.n_skipped + (~finite)
             )

@@ -170,6 +170,26 @@ def test_non_finite_batch_is_skipped_and_counted(gen_config, experiment, tmp_pat
     assert any(float(np.abs(g).sum()) > 0 for g in jax.tree_util.tree_leaves(good.grad_acc))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30, None])
+def test_norm_and_finite_agrees_with_all_finite_and_optax(bad):
+    import optax
+
+    from mend_jax.data_parallel import all_finite, norm_and_finite
+
+    rng = np.random.default_rng(0)
+    tree = {"a": rng.normal(size=(64, 48)).astype(np.float32), "b": [rng.normal(size=(7,)).astype(np.float32)]}
+    if bad is not None:
+        tree["b"][0][3] = bad  # 1e30 is finite, but its square overflows float32
+    norm, finite = jax.jit(norm_and_finite)(tree)
+    assert bool(finite) == bool(all_finite(tree)) == (bad is None or np.isfinite(bad))
+    if bad is None:
+        assert float(norm) == float(jax.jit(optax.global_norm)(tree))  # the same sum, bitwise
+    # Batched, as data-parallel training takes each device's batch (the cond becomes a select).
+    stacked = jax.tree_util.tree_map(lambda x: np.stack([x, np.ones_like(x)]), tree)
+    _, finite_rows = jax.jit(jax.vmap(norm_and_finite))(stacked)
+    assert finite_rows.tolist() == [bool(finite), True]
+
+
 @pytest.mark.parametrize("accumulate_bs", [1, 2, 10])
 def test_a_window_starts_at_batch_0_and_after_each_update(accumulate_bs):
     import jax.numpy as jnp

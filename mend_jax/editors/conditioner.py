@@ -125,6 +125,10 @@ def conditioned_update(out: jax.Array, grad: jax.Array, max_scale: float) -> jax
     """
     d0, d1 = grad.shape
     a_col, a_row, b_col, b_row, s = jnp.split(out, [d1, d1 + d0, 2 * d1 + d0, 2 * (d1 + d0)])
-    a = jax.nn.softmax(a_row)[:, None] * a_col[None, :]
-    b = jax.nn.softmax(b_row)[:, None] * b_col[None, :]
+    # Outer products as einsums: their gradients in a_row, a_col, b_row, b_col are then
+    # matrix-vector products, which XLA:CPU runs at memory speed. Written as broadcast
+    # products, the gradients are row and column sums of the matrix, 7x slower on one core
+    # (35.6 against 4.8 ms for one 768 x 3072 matrix), most of EFK's step.
+    a = jnp.einsum("i,j->ij", jax.nn.softmax(a_row), a_col)
+    b = jnp.einsum("i,j->ij", jax.nn.softmax(b_row), b_col)
     return max_scale * jax.nn.sigmoid(s[0]) * (grad * a + b)
