@@ -119,19 +119,24 @@ def test_update_matches_numpy_formula_summed_over_edits(model):
                                   params["transformer"]["h"]["0"]["mlp"]["c_fc"]["kernel"])
 
 
-def test_update_gradient_matches_torch_autograd_of_the_formula():
-    """The head's gradient through ΔW (what meta-training differentiates), against PyTorch's
-    autograd of the reference's broadcast formula, in float64."""
+@pytest.mark.parametrize("transposed", [False, True])
+def test_update_and_its_gradient_match_torch_autograd_of_the_formula(transposed):
+    """ΔW and the head's gradient through it (what meta-training differentiates), against
+    PyTorch's autograd of the reference's broadcast formula in float64; `transposed` takes and
+    gives the matrices in our kernel layout for nn.Linear, (d1, d0)."""
     from mend_jax.editors.conditioner import conditioned_update
 
     rng = np.random.default_rng(0)
     d0, d1 = 6, 9
     out, grad = rng.normal(size=2 * (d0 + d1) + 1), rng.normal(size=(d0, d1))
     cotangent = rng.normal(size=(d0, d1))
+    layout = (lambda m: m.T) if transposed else (lambda m: m)
 
-    def jax_loss(o):
-        return jnp.sum(conditioned_update(o, jnp.asarray(grad, jnp.float32), 0.7) * cotangent)
+    def jax_update(o):
+        return conditioned_update(o, jnp.asarray(layout(grad), jnp.float32), 0.7, transposed=transposed)
 
+    got_delta = np.asarray(jax.jit(jax_update)(jnp.asarray(out, jnp.float32)))
+    jax_loss = lambda o: jnp.sum(jax_update(o) * layout(cotangent))
     got = np.asarray(jax.jit(jax.grad(jax_loss))(jnp.asarray(out, jnp.float32)))
     o = torch.tensor(out, requires_grad=True)
     a_col, a_row, b_col, b_row, s = torch.split(o, [d1, d0, d1, d0, 1])
@@ -139,6 +144,7 @@ def test_update_gradient_matches_torch_autograd_of_the_formula():
     b = torch.softmax(b_row, -1)[:, None] * b_col[None, :]
     delta = 0.7 * torch.sigmoid(s[0]) * (torch.tensor(grad) * a + b)
     (delta * torch.tensor(cotangent)).sum().backward()
+    np.testing.assert_allclose(got_delta, layout(delta.detach().numpy()), rtol=1e-5, atol=1e-6)
     assert np.abs(o.grad.numpy()).min() > 1e-4  # every entry of the head's output gets a gradient
     np.testing.assert_allclose(got, o.grad.numpy(), rtol=2e-5, atol=1e-6)
 

@@ -18,7 +18,8 @@ reference exactly.
 Layout: the formula is applied to the matrix as the PyTorch model stores it
 ((d_out, d_in) for nn.Linear, (d_in, d_out) for GPT-2's Conv1D), so that the
 softmax runs over the same axis as in the reference; our kernels are always
-(d_in, d_out) and are transposed around the formula where needed.
+(d_in, d_out), and for nn.Linear's layout the formula builds ΔWᵀ in kernel layout
+(`conditioned_update(..., transposed=True)`) rather than transposing around it.
 """
 from typing import Tuple
 
@@ -27,9 +28,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
-from mend_jax.editors.base import EditTarget, Params, add_to_inner, inner_values, replace_inner
+from mend_jax.editors.base import EditTarget, Params, add_to_inner
 from mend_jax.editors.conditioner import LSTMConditioner, MatrixConditioner, conditioned_update
 from mend_jax.models.api import family_of
+from mend_jax.models.factors import inner_factors
 
 EMBEDDING_NAMES = ("wte", "word_embeddings", "shared", "embed_tokens")
 
@@ -85,9 +87,7 @@ class EFK:
         """ΔW for one matrix and one edit, in kernel layout."""
         out = self.heads[key].apply({"params": params["matrices"][key]}, condition)
         grad = grad.astype(jnp.float32)
-        if self.transposed:
-            return conditioned_update(out, grad.T, self.cfg.max_scale).T
-        return conditioned_update(out, grad, self.cfg.max_scale)
+        return conditioned_update(out, grad, self.cfg.max_scale, transposed=self.transposed)
 
     def edit(self, params: Params, stats, base_params: Params, edit_batch, train: bool):
         edits = {k: v for k, v in edit_batch.items() if k != "cond"}
@@ -98,16 +98,14 @@ class EFK:
                 f"{edits['input_ids'].shape[0]} edits"
             )
         paths = self.target.inner_paths
-        inner = inner_values(base_params, paths)
-
-        def edit_nll(values, example):
-            params_ = replace_inner(base_params, dict(zip(paths, values)))
-            return self.target.nll(self.target.logits(params_, example), example)
 
         def one_edit(example, condition):
             example = jax.tree_util.tree_map(lambda x: x[None], example)
-            loss, grads = jax.value_and_grad(edit_nll)(inner, example)
-            grads = jax.lax.stop_gradient(grads)
+            # ∇W = Σ_rows x ⊗ δ from MEND's factors (constants): the same gradient, and XLA lays
+            # it out as the kernel is. Differentiated with respect to the kernels, the gradient
+            # came out transposed and the update formula read it across rows.
+            loss, _, factors = inner_factors(self.target.module, base_params, paths, self.target.nll, example)
+            grads = [jnp.einsum("...i,...o->io", *factors[path]) for path in paths]
             return loss, [self.update(params, key, condition, g) for key, g in zip(self.keys, grads)]
 
         losses, deltas = jax.vmap(one_edit)(edits, self.condition(params, cond))
