@@ -30,7 +30,8 @@ each row's peak RSS is its own), timings as medians over `--rounds` alternating 
   transformers finds it installed), and the compiled step's `memory_analysis()` bytes
   (arguments + outputs - donated + temporaries).
 `--host_memory` sets the host allocator's mode as train.py's flag does (mend_jax/host_memory.py):
-trim by default, lean, or keep.
+trim by default, lean, or keep; `--huge_pages off` runs without transparent huge pages
+(train.py's --nohuge_pages).
 """
 import argparse
 import json
@@ -297,6 +298,8 @@ def print_table(rows) -> None:
         alg = r["alg"] + "".join(f" {o}" for o in r["overrides"])
         if r.get("host_memory", "trim") != "trim":
             alg += f", host memory {r['host_memory']}"
+        if not r.get("huge_pages", True):
+            alg += ", no huge pages"
         print(f"| {r['model']} | {alg} | {r['dtype']} | {r['step_s'] * 1e3:.0f} | {r['gflop']:.1f} "
               f"| {r['gflops_per_s']:.0f} | {r['gemm_gflops_per_s']:.0f} | {r['step_over_floor']:.2f}x "
               f"| {r['update_s'] * 1e3:.0f} | {r['stream_gb_per_s']:.1f} | {r['update_over_byte_floor']:.2f}x "
@@ -335,8 +338,11 @@ def main():
     ap.add_argument("--profile", action="store_true", help="also trace the step and group its ops by kind")
     ap.add_argument("--host_memory", default="trim", choices=host_memory.MODES,
                     help="the host allocator's mode, as train.py's flag (mend_jax/host_memory.py)")
+    ap.add_argument("--huge_pages", default="on", choices=("on", "off"),
+                    help="transparent huge pages for XLA's buffers, as train.py's --huge_pages")
     ap.add_argument("--json", action="store_true", help="print each row as JSON (one process per row)")
     args = ap.parse_args()
+    huge_pages = args.huge_pages == "on" and host_memory.use_huge_pages()  # may run this script again
     if not host_memory.configure(args.host_memory) and args.host_memory == "lean":
         ap.error("--host_memory lean needs glibc's malloc (Linux)")
     combos = [(m, a) for m in args.models.split(",") for a in args.algs.split(",")]
@@ -345,7 +351,7 @@ def main():
             ap.error(f"unknown model {model!r} or alg {alg!r}")
     if len(combos) == 1:
         row = measure(*combos[0], args.dtype, args.steps, args.rounds, args.set, args.profile)
-        row["host_memory"] = args.host_memory
+        row["host_memory"], row["huge_pages"] = args.host_memory, huge_pages
         if args.json:
             print(json.dumps(row))
         else:
@@ -355,7 +361,7 @@ def main():
     for model, alg in combos:  # one process each: ru_maxrss is a process's high-water mark
         command = [sys.executable, os.path.abspath(__file__), "--models", model, "--algs", alg, "--json",
                    "--steps", str(args.steps), "--rounds", str(args.rounds), "--dtype", args.dtype,
-                   "--host_memory", args.host_memory]
+                   "--host_memory", args.host_memory, "--huge_pages", args.huge_pages]
         command += [f"--set={s}" for s in args.set] + (["--profile"] if args.profile else [])
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))

@@ -15,11 +15,20 @@ its live buffers:
   as well as the trims.
 `keep` leaves the allocator alone. README "Benchmarks" measures what each saves and costs;
 nothing here changes a number the steps compute.
+
+Separately, `use_huge_pages` (train.py's `--huge_pages`, on by default) backs those buffers
+with transparent huge pages where the kernel gives them on request (THP mode "madvise", the
+usual default): a buffer of 2 MiB pages faults in 512 times less often and needs 512 times
+fewer TLB entries, which shortened the benchmark's steps by up to 18%. glibc (2.35 and later)
+asks for them with its `glibc.malloc.hugetlb=1` tunable, which it reads at start-up only, so
+the process runs itself again, once, with the tunable set.
 """
 import ctypes
 import ctypes.util
 import functools
-from typing import Optional
+import os
+import sys
+from typing import Dict, Mapping, Optional
 
 import jax
 
@@ -86,3 +95,55 @@ def configure(mode: str) -> bool:
     if mode not in MODES:
         raise ValueError(f"host memory mode {mode!r}: one of {', '.join(MODES)}")
     return {"trim": trim_after_compile, "lean": lean, "keep": lambda: True}[mode]()
+
+
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode(path: str = THP_SETTING) -> Optional[str]:
+    """The kernel's transparent huge page mode (always, madvise or never); None where unknown."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
+
+
+def huge_pages_environment(environ: Mapping[str, str], mode: Optional[str]) -> Optional[Dict[str, str]]:
+    """The environment that asks glibc for huge pages, or None when there is nothing to ask: the
+    kernel gives them only on request in mode "madvise" ("always" needs no request, "never"
+    ignores it), and a GLIBC_TUNABLES that already sets the tunable is the user's choice."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if mode != "madvise" or HUGE_PAGES_TUNABLE + "=" in tunables:
+        return None
+    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, HUGE_PAGES_TUNABLE + "=1"]))}
+
+
+def glibc_version() -> Optional[tuple]:
+    """(major, minor) of the process's glibc; None without glibc."""
+    libc = _glibc()
+    if libc is None:
+        return None
+    libc.gnu_get_libc_version.restype = ctypes.c_char_p
+    return tuple(int(part) for part in libc.gnu_get_libc_version().decode().split(".")[:2])
+
+
+def use_huge_pages() -> bool:
+    """Back the process's large buffers with transparent huge pages: where they must be asked
+    for, run this program again (execve: the same process id and arguments, the environment
+    plus the glibc tunable) and never return. Call it first thing, before anything is printed
+    or allocated. Whether the buffers get huge pages: False where glibc (before 2.35) or the
+    kernel has none to give, or GLIBC_TUNABLES turns them off."""
+    version, mode = glibc_version(), thp_mode()
+    if version is None or version < (2, 35) or not sys.executable:
+        return mode == "always"
+    environment = huge_pages_environment(os.environ, mode)
+    if environment is None:
+        tunables = os.environ.get("GLIBC_TUNABLES", "").split(":")
+        return mode == "always" or (mode == "madvise" and HUGE_PAGES_TUNABLE + "=0" not in tunables)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], environment)

