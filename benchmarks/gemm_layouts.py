@@ -2,6 +2,7 @@
 
   python benchmarks/gemm_layouts.py                 # the products of MEND's qa, fc and gen steps
   python benchmarks/gemm_layouts.py --cold          # each product with a weight out of the caches
+  python benchmarks/gemm_layouts.py --swap          # x Wᵀ against (W xᵀ)ᵀ, as mend_jax/models/products.py computes it
   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python benchmarks/gemm_layouts.py   # without YNNPACK
 
 A meta-training step's forward passes compute y = x W (NN); its backward passes dx = dy Wᵀ
@@ -14,6 +15,11 @@ is out of the caches when it is used, as in a meta-training step, where the mode
 matrices pass through between two uses of one. The weight's bytes over the product's time
 are printed too: a product far below the triad's bandwidth (bench_mend.py) and the GEMM's
 FLOP rate is limited by neither.
+
+With `--swap` each NT product y = x Wᵀ is timed as written and as (W xᵀ)ᵀ, the weight-first
+form that `mend_jax/models/products.py` uses for the backward products of at most
+WEIGHT_FIRST_MAX_ROWS rows (x padded to a multiple of ROW_MULTIPLE rows); ratios above 1 favour
+the weight-first form. It prints 30 rows too, which that form needs padded.
 """
 import argparse
 import statistics
@@ -22,6 +28,8 @@ import time
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from mend_jax.models import products as library_products
 
 # (K, N): t5-small's MLP and attention, its LM head, distilgpt2's LM head, MEND's 1536-wide net.
 SHAPES = ((1024, 512), (512, 384), (32128, 512), (50257, 768), (1536, 1536))
@@ -39,36 +47,58 @@ def seconds(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
+def weight_first(x, w):
+    """x wᵀ as mend_jax/models/products.py computes it for few rows, here at any row count."""
+    saved = library_products.WEIGHT_FIRST_MAX_ROWS
+    library_products.WEIGHT_FIRST_MAX_ROWS = x.shape[0]
+    try:
+        return library_products.contract_last_axes(x, w)
+    finally:
+        library_products.WEIGHT_FIRST_MAX_ROWS = saved
+
+
 def products(k: int, n: int, cold: bool):
-    """(NN, NT, the weights each call reads): NN multiplies x (M, K) by each weight (K, N), NT
-    contracts each weight (N, K) on its last axis; one weight warm, COLD_BYTES of them cold."""
+    """(NN, NT, NT weight first, the weights each call reads): NN multiplies x (M, K) by each
+    weight (K, N), NT contracts each weight (N, K) on its last axis; one weight warm,
+    COLD_BYTES of them cold."""
     count = max(1, COLD_BYTES // (4 * k * n)) if cold else 1
     key = jax.random.PRNGKey(0)
     w = [jax.random.normal(jax.random.fold_in(key, i), (k, n)) for i in range(count)]
     w_t = [jax.random.normal(jax.random.fold_in(key, i), (n, k)) for i in range(count)]
     nn = jax.jit(lambda x, ws: [x @ w for w in ws])
     nt = jax.jit(lambda x, ws: [lax.dot_general(x, w, (((1,), (1,)), ((), ()))) for w in ws])
-    return (lambda x: nn(x, w)), (lambda x: nt(x, w_t)), count
+    wf = jax.jit(lambda x, ws: [weight_first(x, w) for w in ws])
+    return (lambda x: nn(x, w)), (lambda x: nt(x, w_t)), (lambda x: wf(x, w_t)), count
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--cold", action="store_true", help="each product with a weight out of the caches")
+    ap.add_argument("--swap", action="store_true", help="x Wᵀ against (W xᵀ)ᵀ: time ratios")
     args = ap.parse_args()
     where = f"each weight cold (one of {COLD_BYTES >> 20} MiB of them)" if args.cold else "one warm weight"
-    print(f"Device: {jax.devices()[0].device_kind}; GFLOP/s of y = x W (NN) and y = x Wᵀ (NT), x of M rows, {where}"
-          + ("; then the weight's GB/s" if args.cold else ""))
-    print("| K × N | " + " | ".join(f"M={m}: NN / NT" for m in ROWS) + " |")
-    print("|---" * (len(ROWS) + 1) + "|")
+    rows = tuple(sorted(ROWS + (30,))) if args.swap else ROWS
+    if args.swap:
+        print(f"Device: {jax.devices()[0].device_kind}; time of y = x Wᵀ over time of (W xᵀ)ᵀ, x of M rows, {where}")
+        print("| K × N | " + " | ".join(f"M={m}" for m in rows) + " |")
+    else:
+        print(f"Device: {jax.devices()[0].device_kind}; GFLOP/s of y = x W (NN) and y = x Wᵀ (NT), x of M rows, {where}"
+              + ("; then the weight's GB/s" if args.cold else ""))
+        print("| K × N | " + " | ".join(f"M={m}: NN / NT" for m in rows) + " |")
+    print("|---" * (len(rows) + 1) + "|")
     key = jax.random.PRNGKey(0)
     for k, n in SHAPES:
-        nn, nt, count = products(k, n, args.cold)
+        nn, nt, wf, count = products(k, n, args.cold)
         cells = []
-        for m in ROWS:
+        for m in rows:
             x = jax.random.normal(key, (m, k))
+            t_nt = seconds(nt, x, repeats=args.repeats)
+            if args.swap:
+                cells.append(f"{t_nt / seconds(wf, x, repeats=args.repeats):.2f}")
+                continue
             gflop, gbyte = 2 * m * k * n * count / 1e9, 4 * k * n * count / 1e9
-            t_nn, t_nt = seconds(nn, x, repeats=args.repeats), seconds(nt, x, repeats=args.repeats)
+            t_nn = seconds(nn, x, repeats=args.repeats)
             cell = f"{gflop / t_nn:.0f} / {gflop / t_nt:.0f}"
             if args.cold:
                 cell += f" ({gbyte / t_nn:.0f} / {gbyte / t_nt:.0f} GB/s)"
