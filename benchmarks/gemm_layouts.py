@@ -47,16 +47,6 @@ def seconds(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
-def weight_first(x, w):
-    """x wᵀ as mend_jax/models/products.py computes it for few rows, here at any row count."""
-    saved = library_products.WEIGHT_FIRST_MAX_ROWS
-    library_products.WEIGHT_FIRST_MAX_ROWS = x.shape[0]
-    try:
-        return library_products.contract_last_axes(x, w)
-    finally:
-        library_products.WEIGHT_FIRST_MAX_ROWS = saved
-
-
 def products(k: int, n: int, cold: bool):
     """(NN, NT, NT weight first, the weights each call reads): NN multiplies x (M, K) by each
     weight (K, N), NT contracts each weight (N, K) on its last axis; one weight warm,
@@ -67,7 +57,7 @@ def products(k: int, n: int, cold: bool):
     w_t = [jax.random.normal(jax.random.fold_in(key, i), (n, k)) for i in range(count)]
     nn = jax.jit(lambda x, ws: [x @ w for w in ws])
     nt = jax.jit(lambda x, ws: [lax.dot_general(x, w, (((1,), (1,)), ((), ()))) for w in ws])
-    wf = jax.jit(lambda x, ws: [weight_first(x, w) for w in ws])
+    wf = jax.jit(lambda x, ws: [library_products.swapped_product(x, w) for w in ws])
     return (lambda x: nn(x, w)), (lambda x: nt(x, w_t)), (lambda x: wf(x, w_t)), count
 
 

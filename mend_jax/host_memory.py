@@ -19,7 +19,7 @@ nothing here changes a number the steps compute.
 Separately, `use_huge_pages` (train.py's `--huge_pages`, on by default) backs those buffers
 with transparent huge pages where the kernel gives them on request (THP mode "madvise", the
 usual default): a buffer of 2 MiB pages faults in 512 times less often and needs 512 times
-fewer TLB entries, which shortened the benchmark's steps by up to 18%. glibc (2.35 and later)
+fewer TLB entries, which shortened MEND's step by 3-12% on 2 cores (README). glibc (2.35 and later)
 asks for them with its `glibc.malloc.hugetlb=1` tunable, which it reads at start-up only, so
 the process runs itself again, once, with the tunable set.
 """

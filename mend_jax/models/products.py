@@ -3,9 +3,9 @@
 A product y = x Wᵀ that contracts a weight on its last (contiguous) axis, as the backward
 pass's dx = dy Wᵀ of every dense layer does, runs up to 3.7x slower on XLA:CPU than the same
 numbers computed as (W xᵀ)ᵀ when x has at most 32 rows: the library repacks the whole weight
-for a few rows of x, where the swapped product reads the weight as it lies and packs only x. The swapped product wants its few rows in
-multiples of 8 (30 rows run slower than 32), so x is padded with zero rows to one. Past 32 rows
-neither form wins reliably (`python benchmarks/gemm_layouts.py --swap`). MEND's edit batches
+for a few rows of x, where the swapped product reads the weight as it lies and packs only x.
+The swapped product wants its few rows in multiples of 8 (30 rows run slower than 32), so x is
+padded with zero rows to one. Past 32 rows neither form wins reliably (`python benchmarks/gemm_layouts.py --swap`). MEND's edit batches
 (8-token answers, 32-token questions and claims, 30-token statements) are all at most 32 rows.
 
 The swapped product is written as a dot whose output passes an optimization barrier before
@@ -14,7 +14,6 @@ at the slow layout. Both forms add the same products; only the GEMM's blocking, 
 rounding, can differ. On other backends (cuBLAS, TPU) the layout is left to XLA. Under `vmap`
 the rows counted are one example's.
 """
-import functools
 import math
 from typing import Optional
 
@@ -35,9 +34,14 @@ def weight_first(rows: int) -> bool:
 
 def contract_last_axes(x: jax.Array, w: jax.Array, precision: Optional[lax.Precision] = None) -> jax.Array:
     """x (..., k) times w (n, k) contracted on k: (..., n), as `einsum("...k,nk->...n")`."""
-    rows = math.prod(x.shape[:-1])
-    if not weight_first(rows):
+    if not weight_first(math.prod(x.shape[:-1])):
         return jnp.einsum("...k,nk->...n", x, w, precision=precision)
+    return swapped_product(x, w, precision)
+
+
+def swapped_product(x: jax.Array, w: jax.Array, precision: Optional[lax.Precision] = None) -> jax.Array:
+    """`contract_last_axes` computed weight first, (w xᵀ)ᵀ, at any row count."""
+    rows = math.prod(x.shape[:-1])
     flat = jnp.pad(x.reshape(rows, x.shape[-1]), ((0, -rows % ROW_MULTIPLE), (0, 0)))
     swapped = lax.dot_general(w, flat, (((1,), (1,)), ((), ())), precision=precision)  # (n, padded rows)
     return lax.optimization_barrier(swapped).T[:rows].reshape(*x.shape[:-1], w.shape[0])
@@ -48,22 +52,24 @@ def dense_product(x: jax.Array, kernel: jax.Array, precision: Optional[lax.Preci
     dy kernelᵀ contracts the kernel on its last axis, so with few rows it is computed weight
     first (a custom VJP; the kernel's gradient is autodiff's einsum)."""
     if not weight_first(math.prod(x.shape[:-1])):
-        return jnp.einsum("...i,io->...o", x, kernel, precision=precision)
+        return _plain_dense(x, kernel, precision)
     return _few_row_dense(x, kernel, precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _few_row_dense(x, kernel, precision):
+def _plain_dense(x, kernel, precision):
     return jnp.einsum("...i,io->...o", x, kernel, precision=precision)
 
 
+_few_row_dense = jax.custom_vjp(_plain_dense, nondiff_argnums=(2,))
+
+
 def _few_row_dense_fwd(x, kernel, precision):
-    return _few_row_dense(x, kernel, precision), (x, kernel)
+    return _plain_dense(x, kernel, precision), (x, kernel)
 
 
 def _few_row_dense_bwd(precision, residuals, dy):
     x, kernel = residuals
-    dx = contract_last_axes(dy, kernel, precision)
+    dx = swapped_product(dy, kernel, precision)
     dkernel = jnp.einsum("...i,...o->io", x, dy, precision=precision)
     return dx, dkernel
 
