@@ -34,7 +34,7 @@ class ForwardingJit:
             position = {id(v): i for i, v in enumerate(closed.jaxpr.invars)}
             sources = [position.get(id(v)) for v in closed.jaxpr.outvars]  # None: computed
             computed = [i for i, s in enumerate(sources) if s is None]
-            jitted = jax.jit(lambda *xs: [jax.tree_util.tree_leaves(flat_fn(*xs))[i] for i in computed])
+            jitted = jax.jit(lambda *xs: pick(jax.tree_util.tree_leaves(flat_fn(*xs)), computed))
             self._compiled[key] = (jitted, sources, jax.tree_util.tree_structure(out_shape))
         return self._compiled[key]
 
@@ -44,3 +44,10 @@ class ForwardingJit:
         computed = iter(jitted(*leaves))
         outputs = [next(computed) if s is None else leaves[s] for s in sources]
         return jax.tree_util.tree_unflatten(out_tree, outputs)
+
+
+def pick(outputs, indices):
+    # fn is traced once and its outputs picked: a comprehension that called fn for each output
+    # traced the whole edit once per edited matrix, and XLA's CSE did not merge the copies
+    # (distilgpt2's EFK edit ran its LM head three times: 175 ms where one trace takes 94).
+    return [outputs[i] for i in indices]

@@ -39,3 +39,23 @@ def test_an_output_that_is_not_an_input_is_computed_even_when_equal_to_one():
     computed, forwarded = fast(x)
     assert forwarded is x and computed is not x
     np.testing.assert_array_equal(computed, x)
+
+
+def test_the_function_is_traced_once_for_all_its_computed_outputs():
+    traces = []
+
+    def three_outputs(x):
+        traces.append(1)
+        y = jnp.sin(x)
+        return y, 2 * y, 3 * y, x
+
+    x = jnp.ones(3)
+    expected = jax.jit(three_outputs)(x)
+    traces.clear()
+    fast = jit_forwarding_inputs(three_outputs)
+    outputs = fast(x)
+    # One trace to find what is passed through and one under jit, whatever the number of outputs.
+    assert len(traces) == 2
+    chex.assert_trees_all_close(outputs, expected)
+    fast(jnp.zeros(3))
+    assert len(traces) == 2  # the same shapes: the same plan
