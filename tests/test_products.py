@@ -16,19 +16,23 @@ def plain_dense(x, kernel):
     return jnp.einsum("...i,io->...o", x, kernel)
 
 
+def input_gradient_hlo(x, kernel):
+    """The compiled text of dense_product's input gradient, where the weight-first product is."""
+    return jax.jit(jax.grad(lambda x: products.dense_product(x, kernel).sum())).lower(x).as_text()
+
+
 @pytest.mark.parametrize("leading", [(1,), (5,), (2, 4), (30,), (32,), (33,), (2, 100)])
-def test_contract_last_axes_is_the_einsum_and_weight_first_exactly_up_to_32_rows(leading):
+def test_swapped_product_is_the_einsum_and_the_backward_uses_it_exactly_up_to_32_rows(leading):
     x, w = random((*leading, 24), 0), random((40, 24), 1)
-    got = jax.jit(products.contract_last_axes)(x, w)
+    got = jax.jit(products.swapped_product)(x, w)
     np.testing.assert_allclose(got, jnp.einsum("...k,nk->...n", x, w), rtol=1e-6, atol=1e-6)
-    hlo = jax.jit(products.contract_last_axes).lower(x, w).as_text()
+    hlo = input_gradient_hlo(random((*leading, 40), 2), random((40, 24), 1))
     assert ("optimization_barrier" in hlo) == (int(np.prod(leading)) <= products.WEIGHT_FIRST_MAX_ROWS)
 
 
 def test_weight_first_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(products, "WEIGHT_FIRST_MAX_ROWS", 0)
-    x, w = random((8, 24), 0), random((40, 24), 1)
-    assert "optimization_barrier" not in jax.jit(products.contract_last_axes).lower(x, w).as_text()
+    assert "optimization_barrier" not in input_gradient_hlo(random((8, 40), 0), random((40, 24), 1))
 
 
 def loss_through(dense):

@@ -32,15 +32,9 @@ def weight_first(rows: int) -> bool:
     return 0 < rows <= WEIGHT_FIRST_MAX_ROWS and jax.default_backend() == "cpu"
 
 
-def contract_last_axes(x: jax.Array, w: jax.Array, precision: Optional[lax.Precision] = None) -> jax.Array:
-    """x (..., k) times w (n, k) contracted on k: (..., n), as `einsum("...k,nk->...n")`."""
-    if not weight_first(math.prod(x.shape[:-1])):
-        return jnp.einsum("...k,nk->...n", x, w, precision=precision)
-    return swapped_product(x, w, precision)
-
-
 def swapped_product(x: jax.Array, w: jax.Array, precision: Optional[lax.Precision] = None) -> jax.Array:
-    """`contract_last_axes` computed weight first, (w xᵀ)ᵀ, at any row count."""
+    """x (..., k) times w (n, k) contracted on k, `einsum("...k,nk->...n")`, computed weight
+    first as (w xᵀ)ᵀ, at any row count."""
     rows = math.prod(x.shape[:-1])
     flat = jnp.pad(x.reshape(rows, x.shape[-1]), ((0, -rows % ROW_MULTIPLE), (0, 0)))
     swapped = lax.dot_general(w, flat, (((1,), (1,)), ((), ())), precision=precision)  # (n, padded rows)
