@@ -10,6 +10,7 @@ function returns them when it is not jitted.
 from typing import Any, Callable, Dict, Tuple
 
 import jax
+from jax.extend.core import jaxpr_as_fun
 
 
 def jit_forwarding_inputs(fn: Callable) -> "ForwardingJit":
@@ -34,7 +35,8 @@ class ForwardingJit:
             position = {id(v): i for i, v in enumerate(closed.jaxpr.invars)}
             sources = [position.get(id(v)) for v in closed.jaxpr.outvars]  # None: computed
             computed = [i for i, s in enumerate(sources) if s is None]
-            jitted = jax.jit(lambda *xs: pick(jax.tree_util.tree_leaves(flat_fn(*xs)), computed))
+            replay = jaxpr_as_fun(closed)  # the trace above, compiled: fn is traced once per plan
+            jitted = jax.jit(lambda *xs: pick(replay(*xs), computed))
             self._compiled[key] = (jitted, sources, jax.tree_util.tree_structure(out_shape))
         return self._compiled[key]
 
@@ -47,7 +49,7 @@ class ForwardingJit:
 
 
 def pick(outputs, indices):
-    # fn is traced once and its outputs picked: a comprehension that called fn for each output
+    # The outputs of one evaluation, picked: a comprehension that evaluated fn for each output
     # traced the whole edit once per edited matrix, and XLA's CSE did not merge the copies
     # (distilgpt2's EFK edit ran its LM head three times: 175 ms where one trace takes 94).
     return [outputs[i] for i in indices]
