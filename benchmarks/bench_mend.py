@@ -15,8 +15,12 @@ each row's peak RSS is its own), timings as medians over `--rounds` alternating 
 `--steps` calls:
 - the meta-training step (one batch's gradient plus the optimizer update), its FLOPs from the
   compiled steps' cost analysis, and the achieved GFLOP/s;
-- the rate of a jitted 2048x2048 matrix product in the step's dtype, and the step's time over
-  its FLOP floor (FLOPs / that rate);
+- the rate of a jitted 2048x2048 matrix product in the step's dtype (8192x8192 on an
+  accelerator), and the step's time over its FLOP floor (FLOPs / that rate);
+- where the device has a datasheet peak (benchmarks/device_peaks.py: NVIDIA A100/H100/H200,
+  TPU v4-v6e) or `--peak_tflops` gives one, the step's FLOP utilisation (MFU: its FLOP rate
+  over that peak, in the mode its products run: bf16, TF32 for float32 at JAX's default
+  precision on a GPU, or float32 at full precision);
 - the optimizer update alone, which reads and writes the whole train state and so is bound by
   memory traffic: its time over its byte floor (the compiled update's argument and output
   bytes at the bandwidth of STREAM's triad, measured by the same process); the step over its
@@ -28,7 +32,8 @@ each row's peak RSS is its own), timings as medians over `--rounds` alternating 
   forward+backward's gradient of the whole base model is the benchmark's, not training's),
   the RSS the libraries held before the model was built (JAX, transformers, and torch when
   transformers finds it installed), and the compiled step's `memory_analysis()` bytes
-  (arguments + outputs - donated + temporaries).
+  (arguments + outputs - donated + temporaries); on an accelerator, also the device's peak
+  bytes in use.
 `--host_memory` sets the host allocator's mode as train.py's flag does (mend_jax/host_memory.py):
 trim by default, lean, or keep; `--huge_pages off` runs without transparent huge pages
 (train.py's --nohuge_pages).
@@ -47,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import common
+import device_peaks
 import hlo_profile
 from mend_jax import config_lib, editors, host_memory, models
 from mend_jax.editors.base import EditTarget
@@ -54,7 +60,10 @@ from mend_jax.models.architectures import ARCHITECTURES
 from mend_jax.models.layers import DTYPES
 from mend_jax.trainer import Experiment, Trainer
 
-GEMM_SIZE = 2048
+# The reference GEMM's size: 2048 on a CPU; an accelerator finishes a 2048 product too soon to
+# reach its rate, so 8192 there.
+GEMM_SIZES = {"cpu": 2048}
+ACCELERATOR_GEMM_SIZE = 8192
 STREAM_FLOATS = 2**24  # 64 MiB a float32 array: far beyond the caches, as the train state is
 ALGS = ("mend", "enn", "efk")
 
@@ -178,7 +187,8 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides=(), profile: bool = False) -> dict:
+def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides=(), profile: bool = False,
+            peak_tflops: float = None) -> dict:
     libraries_rss = peak_rss_mib()  # JAX, transformers (and torch if installed)
     config = bench_config(alg, overrides)
     target, params, batch = build(model, DTYPES[dtype], remat=config.model.remat)
@@ -191,7 +201,8 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
     edit_batch = batch["edit_inner"]
     fwd_bwd = jax.jit(jax.grad(lambda p: target.nll(target.logits(p, edit_batch), edit_batch)))
     fwd_bwd = fwd_bwd.lower(params).compile()
-    a = jnp.ones((GEMM_SIZE, GEMM_SIZE), DTYPES[dtype])
+    gemm_size = GEMM_SIZES.get(jax.devices()[0].platform, ACCELERATOR_GEMM_SIZE)
+    a = jnp.ones((gemm_size, gemm_size), DTYPES[dtype])
     gemm = jax.jit(lambda x: x @ x).lower(a).compile()
 
     def train_step():
@@ -223,7 +234,7 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
     }, steps, rounds))
     grad_flops, update_flops = grad_step.cost_analysis()["flops"], apply_step.cost_analysis()["flops"]
     flops = grad_flops + update_flops
-    gemm_rate, bandwidth = 2 * GEMM_SIZE**3 / times["gemm"], triad_bytes / times["stream"]
+    gemm_rate, bandwidth = 2 * gemm_size**3 / times["gemm"], triad_bytes / times["stream"]
     update_bytes = compiled_bytes(apply_step)
     # The update reads and writes the train state at least once: its floor is memory traffic, not FLOPs.
     update_floor = (update_bytes["arguments"] + update_bytes["outputs"]) / bandwidth
@@ -233,7 +244,8 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
         "model": model, "alg": alg, "dtype": dtype, "overrides": list(overrides),
         "device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
         "step_s": times["step"], "gflop": flops / 1e9, "gflops_per_s": flops / times["step"] / 1e9,
-        "gemm_gflops_per_s": gemm_rate / 1e9, "step_over_floor": times["step"] / (flops / gemm_rate),
+        "gemm_size": gemm_size, "gemm_gflops_per_s": gemm_rate / 1e9,
+        "step_over_floor": times["step"] / (flops / gemm_rate),
         "update_s": times["update"], "stream_gb_per_s": bandwidth / 1e9,
         "update_over_byte_floor": times["update"] / update_floor,
         "step_over_roofline": times["step"] / (grad_flops / gemm_rate + update_floor),
@@ -244,12 +256,22 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
         "libraries_rss_mib": libraries_rss, "torch_loaded": "torch" in sys.modules,
         "step_bytes": compiled_bytes(grad_step),
     }
+    row.update(utilisation(flops / times["step"], dtype, peak_tflops))
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         row["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
     if profile:
         row["profile"] = step_profile(grad_step, apply_step, state, base, batch)
     return row
+
+
+def utilisation(flops_per_s: float, dtype: str, peak_tflops: float = None) -> dict:
+    """The step's FLOP utilisation: its FLOP rate over the device's datasheet peak in the mode its
+    products run in (device_peaks.py), or over `peak_tflops` when given; None where neither is known."""
+    mode, datasheet = device_peaks.device_peak(dtype)
+    peak = peak_tflops or datasheet
+    return {"matmul_mode": mode, "peak_tflops": peak, "peak_source": "given" if peak_tflops else "datasheet",
+            "mfu": flops_per_s / (peak * 1e12) if peak else None}
 
 
 def step_profile(grad_step, apply_step, state, base, batch) -> dict:
@@ -287,11 +309,18 @@ def product_group(op) -> str:
 
 
 def print_table(rows) -> None:
+    """The rows as one Markdown table, then each profiled row's breakdown. A FLOP utilisation
+    column is added when some row's device has a peak, and a device memory one when some row's
+    device reports its peak bytes (accelerators)."""
+    with_mfu = any(r.get("mfu") is not None for r in rows)
+    with_device_memory = any("device_peak_mib" in r for r in rows)
     print(f"Device: {rows[0]['device']}; 1 edit + 1 locality example; medians")
-    print("| model | alg | dtype | step (ms) | GFLOP | GFLOP/s | GEMM GFLOP/s | step / floor | update (ms) "
-          "| triad GB/s | update / byte floor | step / roofline | batch / floor | edit (ms) "
-          "| fwd+bwd (ms) | edit / fwd+bwd | peak RSS (MiB) | of which libraries | compiled step (MiB: args / temps / total) |")
-    print("|---" * 19 + "|")
+    header = ("| model | alg | dtype | step (ms) | GFLOP | GFLOP/s | GEMM GFLOP/s | step / floor | update (ms) "
+              "| triad GB/s | update / byte floor | step / roofline | batch / floor | edit (ms) "
+              "| fwd+bwd (ms) | edit / fwd+bwd | peak RSS (MiB) | of which libraries | compiled step (MiB: args / temps / total) |")
+    header += " MFU (mode, peak TFLOP/s) |" * with_mfu + " device peak (MiB) |" * with_device_memory
+    print(header)
+    print("|---" * header.count(" |") + "|")
     mib = lambda b: f"{b / 2**20:.0f}"
     for r in rows:
         b = r["step_bytes"]
@@ -300,12 +329,19 @@ def print_table(rows) -> None:
             alg += f", host memory {r['host_memory']}"
         if not r.get("huge_pages", True):
             alg += ", no huge pages"
-        print(f"| {r['model']} | {alg} | {r['dtype']} | {r['step_s'] * 1e3:.0f} | {r['gflop']:.1f} "
-              f"| {r['gflops_per_s']:.0f} | {r['gemm_gflops_per_s']:.0f} | {r['step_over_floor']:.2f}x "
-              f"| {r['update_s'] * 1e3:.0f} | {r['stream_gb_per_s']:.1f} | {r['update_over_byte_floor']:.2f}x "
-              f"| {r['step_over_roofline']:.2f}x | {r['batch_over_floor']:.2f}x "
-              f"| {r['edit_s'] * 1e3:.1f} | {r['fwd_bwd_s'] * 1e3:.1f} | {r['edit_over_fwd_bwd']:.2f}x "
-              f"| {r['peak_rss_mib']:.0f} | {r['libraries_rss_mib']:.0f}{' (torch)' if r['torch_loaded'] else ''} | {mib(b['arguments'])} / {mib(b['temporaries'])} / {mib(b['total'])} |")
+        line = (f"| {r['model']} | {alg} | {r['dtype']} | {r['step_s'] * 1e3:.0f} | {r['gflop']:.1f} "
+                f"| {r['gflops_per_s']:.0f} | {r['gemm_gflops_per_s']:.0f} | {r['step_over_floor']:.2f}x "
+                f"| {r['update_s'] * 1e3:.0f} | {r['stream_gb_per_s']:.1f} | {r['update_over_byte_floor']:.2f}x "
+                f"| {r['step_over_roofline']:.2f}x | {r['batch_over_floor']:.2f}x "
+                f"| {r['edit_s'] * 1e3:.1f} | {r['fwd_bwd_s'] * 1e3:.1f} | {r['edit_over_fwd_bwd']:.2f}x "
+                f"| {r['peak_rss_mib']:.0f} | {r['libraries_rss_mib']:.0f}{' (torch)' if r['torch_loaded'] else ''} "
+                f"| {mib(b['arguments'])} / {mib(b['temporaries'])} / {mib(b['total'])} |")
+        if with_mfu:
+            mfu = r.get("mfu")
+            line += f" {mfu:.1%} ({r['matmul_mode']}, {r['peak_tflops']:g}) |" if mfu is not None else " - |"
+        if with_device_memory:
+            line += f" {r['device_peak_mib']:.0f} |" if "device_peak_mib" in r else " - |"
+        print(line)
     for r in rows:
         if "profile" not in r:
             continue
@@ -341,6 +377,8 @@ def main():
     ap.add_argument("--huge_pages", default="on", choices=("on", "off"),
                     help="transparent huge pages for XLA's buffers, as train.py's --huge_pages")
     ap.add_argument("--json", action="store_true", help="print each row as JSON (one process per row)")
+    ap.add_argument("--peak_tflops", type=float, default=None,
+                    help="the device's peak TFLOP/s for the MFU column (default: benchmarks/device_peaks.py's datasheet value)")
     args = ap.parse_args()
     huge_pages = args.huge_pages == "on" and host_memory.use_huge_pages()  # may run this script again
     if not host_memory.configure(args.host_memory) and args.host_memory == "lean":
@@ -350,7 +388,7 @@ def main():
         if model not in ARCHITECTURES or alg not in ALGS:
             ap.error(f"unknown model {model!r} or alg {alg!r}")
     if len(combos) == 1:
-        row = measure(*combos[0], args.dtype, args.steps, args.rounds, args.set, args.profile)
+        row = measure(*combos[0], args.dtype, args.steps, args.rounds, args.set, args.profile, args.peak_tflops)
         row["host_memory"], row["huge_pages"] = args.host_memory, huge_pages
         if args.json:
             print(json.dumps(row))
@@ -363,6 +401,7 @@ def main():
                    "--steps", str(args.steps), "--rounds", str(args.rounds), "--dtype", args.dtype,
                    "--host_memory", args.host_memory, "--huge_pages", args.huge_pages]
         command += [f"--set={s}" for s in args.set] + (["--profile"] if args.profile else [])
+        command += ["--peak_tflops", str(args.peak_tflops)] if args.peak_tflops else []
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"measured {model} {alg}", file=sys.stderr, flush=True)

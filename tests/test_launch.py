@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TPU = ROOT / "launch" / "tpu_pod.sh"
 SLURM = ROOT / "launch" / "slurm.sh"
 COMMON = ROOT / "launch" / "common.sh"  # sourced by both
+GPU_ROWS = ROOT / "benchmarks" / "gpu_rows.sh"  # the benchmark's accelerator rows
 SPACED = "--config.note=two words's"  # a train argument with a space and a quote
 TPU_OPTS = ["--name", "mend-v4", "--zone", "us-central2-b", "--accelerator-type", "v4-32"]
 TRAIN = ["--config=configs/gen.py", "--config.mesh.data=-1", SPACED]
@@ -344,7 +345,7 @@ def shellcheck():
 
 
 def test_scripts_pass_shellcheck(shellcheck):
-    result = subprocess.run([shellcheck, str(TPU), str(SLURM), str(COMMON)], capture_output=True, text=True)
+    result = subprocess.run([shellcheck, str(TPU), str(SLURM), str(COMMON), str(GPU_ROWS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -360,5 +361,5 @@ def test_generated_sbatch_script_passes_shellcheck(shellcheck, tmp_path, per):
 
 
 def test_scripts_are_executable():
-    for script in (TPU, SLURM):
+    for script in (TPU, SLURM, GPU_ROWS):
         assert os.access(script, os.X_OK), script
