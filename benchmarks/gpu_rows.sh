@@ -10,7 +10,7 @@ out=${1:-benchmarks/out}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # mend_jax from this checkout, installed or not
 python=${PYTHON:-python3}
-"$python" -c 'import jax; print("JAX", jax.__version__, jax.devices())'
+"$python" -c 'import jax, mend_jax; print("JAX", jax.__version__, jax.devices(), "mend_jax:", mend_jax.__file__)'
 for dtype in float32 bfloat16; do
   "$python" benchmarks/bench_mend.py --models "${MODELS:-gpt2-xl}" --algs "${ALGS:-mend}" --dtype "$dtype" \
     --steps "${STEPS:-5}" --rounds 2 | tee "$out/bench_$dtype.md"
