@@ -17,9 +17,10 @@ from typing import Optional
 import jax
 
 # (a substring of device_kind, {mode: TFLOP/s}); the first match wins, so a model's variants
-# (PCIe, NVL) come before its plain name (SXM).
+# (PCIe, NVL) come before its plain name (SXM). From NVIDIA's A100, H100 and H200 datasheets
+# (their tensor-core figures halved: they are quoted with sparsity) and Google Cloud's TPU pages.
 PEAKS = (
-    ("H100 PCIe", {"float32": 51.0, "tf32": 378.0, "bfloat16": 756.0}),
+    ("H100 PCIe", {"float32": 51.0, "tf32": 378.0, "bfloat16": 756.5}),
     ("H100 NVL", {"float32": 60.0, "tf32": 417.5, "bfloat16": 835.5}),
     ("H100", {"float32": 67.0, "tf32": 494.5, "bfloat16": 989.5}),  # SXM: "NVIDIA H100 80GB HBM3"
     ("H200 NVL", {"float32": 60.0, "tf32": 417.5, "bfloat16": 835.5}),
