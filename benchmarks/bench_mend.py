@@ -33,7 +33,7 @@ each row's peak RSS is its own), timings as medians over `--rounds` alternating 
   the RSS the libraries held before the model was built (JAX, transformers, and torch when
   transformers finds it installed), and the compiled step's `memory_analysis()` bytes
   (arguments + outputs - donated + temporaries); on an accelerator, also the device's peak
-  bytes in use.
+  bytes in use after the training steps.
 `--host_memory` sets the host allocator's mode as train.py's flag does (mend_jax/host_memory.py):
 trim by default, lean, or keep; `--huge_pages off` runs without transparent huge pages
 (train.py's --nohuge_pages).
@@ -187,6 +187,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def device_peak_mib():
+    """The device's peak bytes in use so far in MiB (accelerators), or None where it does not say."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
+
+
 def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides=(), profile: bool = False,
             peak_tflops: float = None) -> dict:
     libraries_rss = peak_rss_mib()  # JAX, transformers (and torch if installed)
@@ -220,6 +226,7 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
     # forward+backward's gradient of the whole base model is the benchmark's, not training's.
     times = medians({"step": train_step, "gemm": lambda: gemm(a)}, steps, rounds)
     training_rss = peak_rss_mib()
+    training_device_peak = device_peak_mib()
     triad, triad_args, triad_bytes = stream_triad()
 
     def stream():
@@ -257,9 +264,8 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
         "step_bytes": compiled_bytes(grad_step),
     }
     row.update(utilisation(flops / times["step"], dtype, peak_tflops))
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        row["device_peak_mib"] = stats["peak_bytes_in_use"] / 2**20
+    if training_device_peak is not None:
+        row["device_peak_mib"] = training_device_peak
     if profile:
         row["profile"] = step_profile(grad_step, apply_step, state, base, batch)
     return row
@@ -270,7 +276,8 @@ def utilisation(flops_per_s: float, dtype: str, peak_tflops: float = None) -> di
     products run in (device_peaks.py), or over `peak_tflops` when given; None where neither is known."""
     mode, datasheet = device_peaks.device_peak(dtype)
     peak = peak_tflops or datasheet
-    return {"matmul_mode": mode, "peak_tflops": peak, "peak_source": "given" if peak_tflops else "datasheet",
+    source = "given" if peak_tflops else ("datasheet" if datasheet else None)
+    return {"matmul_mode": mode, "peak_tflops": peak, "peak_source": source,
             "mfu": flops_per_s / (peak * 1e12) if peak else None}
 
 
