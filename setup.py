@@ -10,7 +10,7 @@ setup(
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.10",
-        "optax>=0.2",
+        "optax>=0.2.5",  # optax.tree.norm
         "orbax-checkpoint>=0.6",
         "chex>=0.1.86",
         "ml-collections>=0.1.1",

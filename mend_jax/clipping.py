@@ -19,7 +19,7 @@ def clip_grad_norm_like_torch(max_norm: float) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         del params
         # torch divides a number by a tensor as the tensor's reciprocal times the number.
-        coef = jnp.minimum((1.0 / (optax.global_norm(updates) + TORCH_EPS)) * max_norm, 1.0)
+        coef = jnp.minimum((1.0 / (optax.tree.norm(updates) + TORCH_EPS)) * max_norm, 1.0)
         return jax.tree_util.tree_map(lambda g: g * coef.astype(g.dtype), updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

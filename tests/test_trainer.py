@@ -183,7 +183,7 @@ def test_norm_and_finite_agrees_with_all_finite_and_optax(bad):
     norm, finite = jax.jit(norm_and_finite)(tree)
     assert bool(finite) == bool(all_finite(tree)) == (bad is None or np.isfinite(bad))
     if bad is None:
-        assert float(norm) == float(jax.jit(optax.global_norm)(tree))  # the same sum, bitwise
+        assert float(norm) == float(jax.jit(optax.tree.norm)(tree))  # the same sum, bitwise
     # Batched, as data-parallel training takes each device's batch (the cond becomes a select).
     stacked = jax.tree_util.tree_map(lambda x: np.stack([x, np.ones_like(x)]), tree)
     _, finite_rows = jax.jit(jax.vmap(norm_and_finite))(stacked)
