@@ -60,10 +60,8 @@ from mend_jax.models.architectures import ARCHITECTURES
 from mend_jax.models.layers import DTYPES
 from mend_jax.trainer import Experiment, Trainer
 
-# The reference GEMM's size: 2048 on a CPU; an accelerator finishes a 2048 product too soon to
-# reach its rate, so 8192 there.
-GEMM_SIZES = {"cpu": 2048}
-ACCELERATOR_GEMM_SIZE = 8192
+# The reference GEMM's size: an accelerator finishes a 2048 product too soon to reach its rate.
+CPU_GEMM_SIZE, ACCELERATOR_GEMM_SIZE = 2048, 8192
 STREAM_FLOATS = 2**24  # 64 MiB a float32 array: far beyond the caches, as the train state is
 ALGS = ("mend", "enn", "efk")
 
@@ -207,7 +205,7 @@ def measure(model: str, alg: str, dtype: str, steps: int, rounds: int, overrides
     edit_batch = batch["edit_inner"]
     fwd_bwd = jax.jit(jax.grad(lambda p: target.nll(target.logits(p, edit_batch), edit_batch)))
     fwd_bwd = fwd_bwd.lower(params).compile()
-    gemm_size = GEMM_SIZES.get(jax.devices()[0].platform, ACCELERATOR_GEMM_SIZE)
+    gemm_size = CPU_GEMM_SIZE if jax.devices()[0].platform == "cpu" else ACCELERATOR_GEMM_SIZE
     a = jnp.ones((gemm_size, gemm_size), DTYPES[dtype])
     gemm = jax.jit(lambda x: x @ x).lower(a).compile()
 
