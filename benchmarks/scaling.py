@@ -9,7 +9,8 @@ time of a step plus the optimizer update, the per-device bytes that the compiled
 step's `memory_analysis()` reports for arguments, outputs and temporaries (the total
 counts the donated state, which outputs reuse, once), and the
 bytes that its HLO's collectives (all-gather, all-reduce, reduce-scatter, ...) produce,
-and the FLOPs per device from its `cost_analysis()`.
+and the FLOPs per device from its `cost_analysis()`; the same for one vmapped validation call
+of EVAL_CHUNK batches (the trainer's `evaluate`, each data-parallel device scoring its rows).
 On simulated CPU devices the step times say nothing about speed-ups (the "devices"
 share this machine's cores); the memory column is the point: it falls as fsdp grows.
 """
@@ -23,8 +24,10 @@ import numpy as np
 
 import bench_mend
 from mend_jax import config_lib
+from mend_jax.data.batching import stack_batches
 
 MESHES = [(1, 1), (1, 2), (1, 4), (1, 8), (2, 1), (8, 1), (2, 4)]
+EVAL_CHUNK = 8  # validation batches per call: a multiple of every data axis above
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
 DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1, "f64": 8, "s64": 8}
 
@@ -59,6 +62,8 @@ def measure(target, params, batch, data: int, fsdp: int, steps: int) -> dict:
     memory = compiled.memory_analysis()
     collectives = collective_bytes(compiled.as_text())
     flops = compiled.cost_analysis()["flops"]  # per device: an SPMD program is one device's share
+    chunk = trainer._eval_input(stack_batches([batch] * EVAL_CHUNK))
+    evaluate = trainer._evaluate.lower(state.params, state.stats, trainer.base_params, chunk).compile()
 
     def one_step():
         nonlocal state
@@ -80,6 +85,7 @@ def measure(target, params, batch, data: int, fsdp: int, steps: int) -> dict:
         "aliased": memory.alias_size_in_bytes,  # donated state: arguments that the outputs reuse
         "collectives": sum(collectives.values()),
         "gflops": flops / 1e9,
+        "eval_gflops": evaluate.cost_analysis()["flops"] / 1e9,
     }
 
 
@@ -97,13 +103,14 @@ def main():
     print(f"MEND meta-train step on {args.model} shapes, fp32, {jax.devices()[0].platform} devices "
           f"({jax.devices()[0].device_kind}); batches per step = data; bytes per device")
     print("| devices | data x fsdp | step + update (ms) | arguments (MiB) | outputs (MiB) | temporaries (MiB) "
-          "| total (MiB) | collectives (MiB) | GFLOP per device |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| total (MiB) | collectives (MiB) | GFLOP per device | validation of {EVAL_CHUNK} batches: GFLOP per device |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for data, fsdp in meshes:
         r = measure(target, params, batch, data, fsdp, args.steps)
         total = r["arguments"] + r["outputs"] - r["aliased"] + r["temporaries"]
         print(f"| {data * fsdp} | {data} x {fsdp} | {r['time'] * 1e3:.0f} | {mib(r['arguments'])} | "
-              f"{mib(r['outputs'])} | {mib(r['temporaries'])} | {mib(total)} | {mib(r['collectives'])} | {r['gflops']:.0f} |", flush=True)
+              f"{mib(r['outputs'])} | {mib(r['temporaries'])} | {mib(total)} | {mib(r['collectives'])} | {r['gflops']:.0f} | "
+              f"{r['eval_gflops']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

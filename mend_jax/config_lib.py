@@ -174,7 +174,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.val_steps = 500  # validation batches (each data.n_edits edits), as in the reference
     c.early_stop_patience = 20000
     c.final_eval_steps = -1  # -1: the whole validation set
-    c.eval_chunk = 50  # validation batches per vmapped call
+    c.eval_chunk = 50  # validation batches per vmapped call (rounded up to a multiple of mesh.data)
     c.checkpoint_interval = 5000
     c.async_checkpointing = True
 

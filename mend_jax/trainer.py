@@ -219,7 +219,11 @@ class Trainer:
         )
         group_step = data_parallel.make_group_step(exp.editor, loss_fn, acc_bs, self.mesh, grad_shardings)
         self._group_step = jax.jit(group_step, donate_argnums=0, out_shardings=(state_sh, repl))
-        self._evaluate = jax.jit(jax.vmap(eval_one, in_axes=(None, None, None, 0)), out_shardings=repl)
+        score_chunk = jax.vmap(eval_one, in_axes=(None, None, None, 0))
+        if self.n_data > 1:  # each device of the data axis scores its own rows of the chunk
+            score_chunk = data_parallel.per_batch(eval_one, self.mesh, in_specs=(P(), P(), P(), P("data")),
+                                                  in_axes=(None, None, None, 0))
+        self._evaluate = jax.jit(score_chunk, out_shardings=repl)
         self._edit_only = jit_forwarding_inputs(edit_only)  # the model's unedited leaves are not copied
 
     def init_state(self) -> TrainState:
@@ -238,6 +242,13 @@ class Trainer:
         """A batch as the jitted functions take it: host arrays as they are on one process."""
         return batch if jax.process_count() == 1 else self._replicate(batch)
 
+    def _eval_input(self, chunk):
+        """A chunk of validation batches that every process stacks in full (cheap beside scoring
+        it), its rows split over the data axis."""
+        if self.n_data == 1:
+            return self._input(chunk)
+        return distributed.to_global(chunk, jax.tree_util.tree_map(lambda _: sharding.over_data(self.mesh), chunk))
+
     def _train_inputs(self, indices):
         """(batches, valid) of one data-parallel group: each process builds its own rows only."""
         rows = data_parallel.padded(indices, self.n_data)
@@ -248,16 +259,17 @@ class Trainer:
     # ----- evaluation -------------------------------------------------------------
     def evaluate(self, state: TrainState, n_batches: Optional[int] = None, progress: bool = False) -> Dict[str, float]:
         """Scores validation batches 0..n-1 (each `data.n_edits` edits and their locality
-        examples; all when n is None or negative), `eval_chunk` batches per vmapped call."""
+        examples; all when n is None or negative), `eval_chunk` batches per vmapped call,
+        rounded up to a multiple of the data axis, whose devices split each chunk."""
         n_total = self.exp.val_data.n_eval_batches
         n = n_total if n_batches is None or n_batches < 0 else min(n_batches, n_total)
-        chunk = max(1, min(self.config.eval_chunk, n))
+        chunk = -(-max(1, min(self.config.eval_chunk, n)) // self.n_data) * self.n_data
         pieces = []
         bar = progress_bar(n, "eval", enabled=progress and distributed.is_main())
         start = time.perf_counter()
         for lo in range(0, n, chunk):
             idx = [min(i, n - 1) for i in range(lo, lo + chunk)]  # pad the last chunk to a static shape
-            batch = self._input(stack_batches([self.exp.val_data.eval_batch(i) for i in idx]))
+            batch = self._eval_input(stack_batches([self.exp.val_data.eval_batch(i) for i in idx]))
             sums = distributed.to_host(self._evaluate(state.params, state.stats, self.base_params, batch))
             keep = min(chunk, n - lo)
             pieces.append({k: np.asarray(v)[:keep] for k, v in sums.items()})

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from mend_jax import config_lib, data_parallel, editors, experiments
+from mend_jax.data.batching import stack_batches
 from mend_jax.trainer import Experiment, Trainer
 from tests import kilt_fixtures, tiny
 
@@ -100,7 +101,26 @@ def case_equivalence(model: str, alg: str, meshes: str):
             # rounding into up to ~lr of difference, so the parameters get an lr-scaled tolerance.
             assert_states_close(updated.opt_state, want_updated.opt_state, what + " (optimizer)")
             assert_states_close(updated.params, want_updated.params, what + " (updated)", atol=1e-3 * config.lr)
+            assert_evaluation_split_over_data(sharded, single, start, what)
             print(f"{what}: equal", flush=True)
+
+
+def assert_evaluation_split_over_data(sharded, single, state, what):
+    """Validation on the mesh scores what one device scores, each data-parallel device taking
+    its own rows of a chunk: its FLOPs per device fall by the data axis's size (and by fsdp's
+    share of the products, which XLA's partitioner splits)."""
+    got, want = sharded.evaluate(on(sharded, state)), single.evaluate(on(single, state))
+    assert got["n_batches_evaluated"] == want["n_batches_evaluated"] == single.exp.val_data.n_eval_batches
+    for key in want:
+        if not key.startswith("time/"):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=f"{what}: {key}")
+    flops = {}
+    for name, trainer in (("mesh", sharded), ("one device", single)):
+        chunk = trainer._eval_input(stack_batches([trainer.exp.val_data.eval_batch(0)] * sharded.n_data))
+        s = on(trainer, state)
+        cost = trainer._evaluate.lower(s.params, s.stats, trainer.base_params, chunk).compile().cost_analysis()
+        flops[name] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    assert flops["mesh"] <= 1.1 * flops["one device"] / sharded.n_data, (what, flops)
 
 
 def assert_laid_out_by_rules(trainer, state):
