@@ -259,11 +259,10 @@ class Trainer:
     # ----- evaluation -------------------------------------------------------------
     def evaluate(self, state: TrainState, n_batches: Optional[int] = None, progress: bool = False) -> Dict[str, float]:
         """Scores validation batches 0..n-1 (each `data.n_edits` edits and their locality
-        examples; all when n is None or negative), `eval_chunk` batches per vmapped call,
-        rounded up to a multiple of the data axis, whose devices split each chunk."""
+        examples; all when n is None or negative), `eval_chunk_size(n)` batches per call."""
         n_total = self.exp.val_data.n_eval_batches
         n = n_total if n_batches is None or n_batches < 0 else min(n_batches, n_total)
-        chunk = -(-max(1, min(self.config.eval_chunk, n)) // self.n_data) * self.n_data
+        chunk = self.eval_chunk_size(n)
         pieces = []
         bar = progress_bar(n, "eval", enabled=progress and distributed.is_main())
         start = time.perf_counter()
@@ -283,6 +282,11 @@ class Trainer:
         metrics["n_batches_evaluated"] = n
         metrics["n_edits_evaluated"] = n * self.exp.val_data.n_edits
         return metrics
+
+    def eval_chunk_size(self, n_batches: int) -> int:
+        """Validation batches per call: `eval_chunk` (at most the n to score), rounded up to a
+        multiple of the data axis, whose devices split each call."""
+        return -(-max(1, min(self.config.eval_chunk, n_batches)) // self.n_data) * self.n_data
 
     def time_edit(self, state: TrainState, repeats: int = 5) -> float:
         """Median wall time of one jitted edit (compiled beforehand)."""
