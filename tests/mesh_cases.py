@@ -111,8 +111,10 @@ def assert_evaluation_split_over_data(sharded, single, state, what):
     share of the products, which XLA's partitioner splits)."""
     got, want = sharded.evaluate(on(sharded, state)), single.evaluate(on(single, state))
     assert got["n_batches_evaluated"] == want["n_batches_evaluated"] == single.exp.val_data.n_eval_batches
+    # drawdown is the difference of two metrics checked here (perplexities or accuracies): their
+    # fp32 rounding, ~1e-7 relative, is up to 1e-2 of a small difference.
     for key in want:
-        if not key.startswith("time/"):
+        if not key.startswith("time/") and key != "drawdown":
             np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=f"{what}: {key}")
     per_batch = {}
     for name, trainer in (("mesh", sharded), ("one device", single)):
