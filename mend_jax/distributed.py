@@ -55,9 +55,12 @@ def is_main() -> bool:
 
 
 def to_global(tree: Any, shardings: Any) -> Any:
-    """Host values that every process holds in full, as global arrays laid out by `shardings`.
-    Abstract values (jax.ShapeDtypeStruct) stay abstract, with the sharding attached: a memory
-    plan compiles the steps for them without allocating anything."""
+    """Host values that every process holds in full, as global arrays laid out by `shardings`
+    (a tree of them, or one for every leaf). Abstract values (jax.ShapeDtypeStruct) stay
+    abstract, with the sharding attached: a memory plan compiles the steps for them without
+    allocating anything."""
+    if isinstance(shardings, NamedSharding):
+        shardings = jax.tree_util.tree_map(lambda _: shardings, tree)
 
     def one(value, sharding: NamedSharding):
         if isinstance(value, jax.ShapeDtypeStruct):

@@ -236,7 +236,7 @@ class Trainer:
 
     def _replicate(self, batch):
         """A batch that every process builds in full, on every device of the mesh."""
-        return distributed.to_global(batch, jax.tree_util.tree_map(lambda _: self.replicated, batch))
+        return distributed.to_global(batch, self.replicated)
 
     def _input(self, batch):
         """A batch as the jitted functions take it: host arrays as they are on one process."""
@@ -247,7 +247,7 @@ class Trainer:
         it), its rows split over the data axis."""
         if self.n_data == 1:
             return self._input(chunk)
-        return distributed.to_global(chunk, jax.tree_util.tree_map(lambda _: sharding.over_data(self.mesh), chunk))
+        return distributed.to_global(chunk, sharding.over_data(self.mesh))
 
     def _train_inputs(self, indices):
         """(batches, valid) of one data-parallel group: each process builds its own rows only."""
