@@ -1,10 +1,35 @@
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
+
+XLA_CACHE = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One XLA compilation cache for the whole run, unless the caller names one.
+
+    Many tests compile the same programs (a tiny model's init, a training run resumed in a new
+    process, the small world's steps in the CLI, notebook and mesh subprocesses); JAX's persistent
+    cache, keyed by the program, its compile options and the JAX/XLA version, compiles each once.
+    Set here, in the main process, before JAX is imported and before pytest-xdist starts its
+    workers: they and every subprocess a test starts inherit the environment. A fresh directory
+    per run, so nothing outlives it.
+    """
+    if XLA_CACHE in os.environ or "PYTEST_XDIST_WORKER" in os.environ:
+        return
+    config.mend_jax_xla_cache = os.environ[XLA_CACHE] = tempfile.mkdtemp(prefix="mend_jax_xla_cache_")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")  # skip the trivial ones
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "mend_jax_xla_cache", None):
+        shutil.rmtree(config.mend_jax_xla_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
