@@ -267,8 +267,7 @@ class Trainer:
         bar = progress_bar(n, "eval", enabled=progress and distributed.is_main())
         start = time.perf_counter()
         for lo in range(0, n, chunk):
-            idx = [min(i, n - 1) for i in range(lo, lo + chunk)]  # pad the last chunk to a static shape
-            batch = self._eval_input(stack_batches([self.exp.val_data.eval_batch(i) for i in idx]))
+            batch = self._eval_chunk(lo, chunk, n)
             sums = distributed.to_host(self._evaluate(state.params, state.stats, self.base_params, batch))
             keep = min(chunk, n - lo)
             pieces.append({k: np.asarray(v)[:keep] for k, v in sums.items()})
@@ -282,6 +281,12 @@ class Trainer:
         metrics["n_batches_evaluated"] = n
         metrics["n_edits_evaluated"] = n * self.exp.val_data.n_edits
         return metrics
+
+    def _eval_chunk(self, lo: int, size: int, n_batches: int):
+        """Validation batches lo..lo+size-1 as one call's input; past the last of 0..n-1 that
+        last batch repeats, so every call has the same static shape (its rows are dropped)."""
+        indices = [min(i, n_batches - 1) for i in range(lo, lo + size)]
+        return self._eval_input(stack_batches([self.exp.val_data.eval_batch(i) for i in indices]))
 
     def eval_chunk_size(self, n_batches: int) -> int:
         """Validation batches per call: `eval_chunk` (at most the n to score), rounded up to a

@@ -13,7 +13,6 @@ import jax
 import numpy as np
 
 from mend_jax import config_lib, data_parallel, editors, experiments
-from mend_jax.data.batching import stack_batches
 from mend_jax.trainer import Experiment, Trainer
 from tests import kilt_fixtures, tiny
 
@@ -121,8 +120,7 @@ def assert_evaluation_split_over_data(sharded, single, state, what):
         # evaluate()'s first call, compiled already.
         n = trainer.exp.val_data.n_eval_batches
         rows = trainer.eval_chunk_size(n)
-        batches = [trainer.exp.val_data.eval_batch(min(i, n - 1)) for i in range(rows)]
-        chunk = trainer._eval_input(stack_batches(batches))
+        chunk = trainer._eval_chunk(0, rows, n)
         s = on(trainer, state)
         cost = trainer._evaluate.lower(s.params, s.stats, trainer.base_params, chunk).compile().cost_analysis()
         per_batch[name] = (cost[0] if isinstance(cost, list) else cost)["flops"] / rows
