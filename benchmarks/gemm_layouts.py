@@ -2,7 +2,8 @@
 
   python benchmarks/gemm_layouts.py                 # the products of MEND's qa, fc and gen steps
   python benchmarks/gemm_layouts.py --cold          # each product with a weight out of the caches
-  python benchmarks/gemm_layouts.py --swap          # x Wᵀ against (W xᵀ)ᵀ, as mend_jax/models/products.py computes it
+  python benchmarks/gemm_layouts.py --swap          # x Wᵀ against (W xᵀ)ᵀ, as mend_jax/models/products.py computes it;
+                                                    # x W against (Wᵀ xᵀ)ᵀ
   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python benchmarks/gemm_layouts.py   # without YNNPACK
 
 A meta-training step's forward passes compute y = x W (NN); its backward passes dx = dy Wᵀ
@@ -19,7 +20,9 @@ FLOP rate is limited by neither.
 With `--swap` each NT product y = x Wᵀ is timed as written and as (W xᵀ)ᵀ, the weight-first
 form that `mend_jax/models/products.py` uses for the backward products of at most
 WEIGHT_FIRST_MAX_ROWS rows (x padded to a multiple of ROW_MULTIPLE rows); ratios above 1 favour
-the weight-first form. It prints 30 rows too, which that form needs padded.
+the weight-first form. It prints 30 rows too, which that form needs padded. A second table does
+the same for the forward's NN product y = x W against (Wᵀ xᵀ)ᵀ, which contracts the weight on
+its first axis: the form the library does not use.
 """
 import argparse
 import statistics
@@ -47,10 +50,19 @@ def seconds(fn, *args, repeats: int) -> float:
     return statistics.median(times)
 
 
+def transposed_weight_first(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x (M, K) times w (K, N) computed as (wᵀ xᵀ)ᵀ: w contracted on its first axis, x padded as
+    `swapped_product` pads it, the barrier keeping XLA from folding the transpose back."""
+    rows = x.shape[0]
+    flat = jnp.pad(x, ((0, -rows % library_products.ROW_MULTIPLE), (0, 0)))
+    swapped = lax.dot_general(w, flat, (((0,), (1,)), ((), ())))  # (N, padded rows)
+    return lax.optimization_barrier(swapped).T[:rows]
+
+
 def products(k: int, n: int, cold: bool):
-    """(NN, NT, NT weight first, the weights each call reads): NN multiplies x (M, K) by each
-    weight (K, N), NT contracts each weight (N, K) on its last axis; one weight warm,
-    COLD_BYTES of them cold."""
+    """(NN, NT, NT weight first, NN weight first, the weights each call reads): NN multiplies
+    x (M, K) by each weight (K, N), NT contracts each weight (N, K) on its last axis; one weight
+    warm, COLD_BYTES of them cold."""
     count = max(1, COLD_BYTES // (4 * k * n)) if cold else 1
     key = jax.random.PRNGKey(0)
     w = [jax.random.normal(jax.random.fold_in(key, i), (k, n)) for i in range(count)]
@@ -58,37 +70,49 @@ def products(k: int, n: int, cold: bool):
     nn = jax.jit(lambda x, ws: [x @ w for w in ws])
     nt = jax.jit(lambda x, ws: [lax.dot_general(x, w, (((1,), (1,)), ((), ()))) for w in ws])
     wf = jax.jit(lambda x, ws: [library_products.swapped_product(x, w) for w in ws])
-    return (lambda x: nn(x, w)), (lambda x: nt(x, w_t)), (lambda x: wf(x, w_t)), count
+    nn_wf = jax.jit(lambda x, ws: [transposed_weight_first(x, w) for w in ws])
+    return (lambda x: nn(x, w)), (lambda x: nt(x, w_t)), (lambda x: wf(x, w_t)), (lambda x: nn_wf(x, w)), count
+
+
+def print_swap_tables(rows, cold: bool, where: str, repeats: int):
+    """Two tables of time ratios, as written over weight first: the NT products, then the NN."""
+    for title, pair in (("y = x Wᵀ over time of (W xᵀ)ᵀ", (1, 2)), ("y = x W over time of (Wᵀ xᵀ)ᵀ", (0, 3))):
+        print(f"Device: {jax.devices()[0].device_kind}; time of {title}, x of M rows, {where}")
+        print("| K × N | " + " | ".join(f"M={m}" for m in rows) + " |")
+        print("|---" * (len(rows) + 1) + "|")
+        for k, n in SHAPES:
+            forms = products(k, n, cold)
+            written, swapped = (forms[i] for i in pair)
+            cells = []
+            for m in rows:
+                x = jax.random.normal(jax.random.PRNGKey(0), (m, k))
+                cells.append(f"{seconds(written, x, repeats=repeats) / seconds(swapped, x, repeats=repeats):.2f}")
+            print(f"| {k} × {n} | " + " | ".join(cells) + " |")
+        print()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--cold", action="store_true", help="each product with a weight out of the caches")
-    ap.add_argument("--swap", action="store_true", help="x Wᵀ against (W xᵀ)ᵀ: time ratios")
+    ap.add_argument("--swap", action="store_true", help="x Wᵀ against (W xᵀ)ᵀ and x W against (Wᵀ xᵀ)ᵀ: time ratios")
     args = ap.parse_args()
     where = f"each weight cold (one of {COLD_BYTES >> 20} MiB of them)" if args.cold else "one warm weight"
-    rows = tuple(sorted(ROWS + (30,))) if args.swap else ROWS
     if args.swap:
-        print(f"Device: {jax.devices()[0].device_kind}; time of y = x Wᵀ over time of (W xᵀ)ᵀ, x of M rows, {where}")
-        print("| K × N | " + " | ".join(f"M={m}" for m in rows) + " |")
-    else:
-        print(f"Device: {jax.devices()[0].device_kind}; GFLOP/s of y = x W (NN) and y = x Wᵀ (NT), x of M rows, {where}"
-              + ("; then the weight's GB/s" if args.cold else ""))
-        print("| K × N | " + " | ".join(f"M={m}: NN / NT" for m in rows) + " |")
-    print("|---" * (len(rows) + 1) + "|")
+        print_swap_tables(tuple(sorted(ROWS + (30,))), args.cold, where, args.repeats)
+        return
+    print(f"Device: {jax.devices()[0].device_kind}; GFLOP/s of y = x W (NN) and y = x Wᵀ (NT), x of M rows, {where}"
+          + ("; then the weight's GB/s" if args.cold else ""))
+    print("| K × N | " + " | ".join(f"M={m}: NN / NT" for m in ROWS) + " |")
+    print("|---" * (len(ROWS) + 1) + "|")
     key = jax.random.PRNGKey(0)
     for k, n in SHAPES:
-        nn, nt, wf, count = products(k, n, args.cold)
+        nn, nt, _, _, count = products(k, n, args.cold)
         cells = []
-        for m in rows:
+        for m in ROWS:
             x = jax.random.normal(key, (m, k))
-            t_nt = seconds(nt, x, repeats=args.repeats)
-            if args.swap:
-                cells.append(f"{t_nt / seconds(wf, x, repeats=args.repeats):.2f}")
-                continue
             gflop, gbyte = 2 * m * k * n * count / 1e9, 4 * k * n * count / 1e9
-            t_nn = seconds(nn, x, repeats=args.repeats)
+            t_nn, t_nt = seconds(nn, x, repeats=args.repeats), seconds(nt, x, repeats=args.repeats)
             cell = f"{gflop / t_nn:.0f} / {gflop / t_nt:.0f}"
             if args.cold:
                 cell += f" ({gbyte / t_nn:.0f} / {gbyte / t_nt:.0f} GB/s)"

@@ -1,4 +1,7 @@
 """mend_jax/models/products.py: few-row products computed weight first give autodiff's numbers."""
+import os
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -6,6 +9,9 @@ import numpy as np
 import pytest
 
 from mend_jax.models import products
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import gemm_layouts  # noqa: E402
 
 
 def random(shape, seed, dtype=jnp.float32):
@@ -28,6 +34,15 @@ def test_swapped_product_is_the_einsum_and_the_backward_uses_it_exactly_up_to_32
     np.testing.assert_allclose(got, jnp.einsum("...k,nk->...n", x, w), rtol=1e-6, atol=1e-6)
     hlo = input_gradient_hlo(random((*leading, 40), 2), random((40, 24), 1))
     assert ("optimization_barrier" in hlo) == (int(np.prod(leading)) <= products.WEIGHT_FIRST_MAX_ROWS)
+
+
+@pytest.mark.parametrize("rows", [8, 30])
+def test_the_benchmarks_transposed_weight_first_form_is_the_forward_product(rows):
+    """gemm_layouts.py --swap times x W against (Wᵀ xᵀ)ᵀ: the two must be the same product."""
+    x, w = random((rows, 24), 0), random((24, 40), 1)
+    got = jax.jit(gemm_layouts.transposed_weight_first)(x, w)
+    np.testing.assert_allclose(got, x @ w, rtol=1e-6, atol=1e-6)
+    assert "optimization_barrier" in jax.jit(gemm_layouts.transposed_weight_first).lower(x, w).as_text()
 
 
 def test_weight_first_can_be_turned_off(monkeypatch):

@@ -1,12 +1,14 @@
 """Matrix products laid out for XLA:CPU's GEMM when one side has few rows.
 
 A product y = x Wᵀ that contracts a weight on its last (contiguous) axis, as the backward
-pass's dx = dy Wᵀ of every dense layer does, runs up to 3.7x slower on XLA:CPU than the same
-numbers computed as (W xᵀ)ᵀ when x has at most 32 rows: the library repacks the whole weight
-for a few rows of x, where the swapped product reads the weight as it lies and packs only x.
-The swapped product wants its few rows in multiples of 8 (30 rows run slower than 32), so x is
-padded with zero rows to one. Past 32 rows neither form wins reliably (`python benchmarks/gemm_layouts.py --swap`). MEND's edit batches
-(8-token answers, 32-token questions and claims, 30-token statements) are all at most 32 rows.
+pass's dx = dy Wᵀ of every dense layer does, runs up to 3.1x slower on XLA:CPU (each weight
+out of the caches, as in a step) than the same numbers computed as (W xᵀ)ᵀ when x has at most
+32 rows: the library repacks the whole weight for a few rows of x, where the swapped product
+reads the weight as it lies and packs only x. The swapped product wants its few rows in
+multiples of 8 (30 rows run slower than 32), so x is padded with zero rows to one. Past 32 rows
+neither form wins reliably (`python benchmarks/gemm_layouts.py --swap --cold`). MEND's edit
+batches (8-token answers, 32-token questions and claims, 30-token statements) are all at most
+32 rows.
 
 The swapped product is written as a dot whose output passes an optimization barrier before
 it is transposed back: without the barrier XLA folds the transpose into the dot and is back
