@@ -140,7 +140,7 @@ def test_bf16_meta_step_is_close_to_fp32(model_type):
     batch = tiny.meta_batch()
     results = {}
     fp32_model = tiny.tiny_decoder(model_type)
-    fp32_params = fp32_model[1]
+    _, fp32_params, _ = fp32_model
     for dtype in (jnp.float32, jnp.bfloat16):
         _, _, target = fp32_model if dtype == jnp.float32 else tiny.tiny_decoder(model_type, dtype=dtype)
         params = models.inner_in_float32(jax.tree_util.tree_map(lambda x: x.astype(dtype), fp32_params),
