@@ -75,20 +75,23 @@ def products(k: int, n: int, cold: bool):
 
 
 def print_swap_tables(rows, cold: bool, where: str, repeats: int):
-    """Two tables of time ratios, as written over weight first: the NT products, then the NN."""
-    for title, pair in (("y = x Wᵀ over time of (W xᵀ)ᵀ", (1, 2)), ("y = x W over time of (Wᵀ xᵀ)ᵀ", (0, 3))):
-        print(f"Device: {jax.devices()[0].device_kind}; time of {title}, x of M rows, {where}")
-        print("| K × N | " + " | ".join(f"M={m}" for m in rows) + " |")
-        print("|---" * (len(rows) + 1) + "|")
-        for k, n in SHAPES:
-            forms = products(k, n, cold)
-            written, swapped = (forms[i] for i in pair)
+    """Two tables of time ratios, as written over weight first: the NT products, then the NN.
+    Each shape's weights are made once for both tables."""
+    tables = (("y = x Wᵀ over time of (W xᵀ)ᵀ", (1, 2)), ("y = x W over time of (Wᵀ xᵀ)ᵀ", (0, 3)))
+    lines = [[] for _ in tables]
+    for k, n in SHAPES:
+        forms = products(k, n, cold)
+        for (_, (written, swapped)), table in zip(tables, lines):
             cells = []
             for m in rows:
                 x = jax.random.normal(jax.random.PRNGKey(0), (m, k))
-                cells.append(f"{seconds(written, x, repeats=repeats) / seconds(swapped, x, repeats=repeats):.2f}")
-            print(f"| {k} × {n} | " + " | ".join(cells) + " |")
-        print()
+                cells.append(f"{seconds(forms[written], x, repeats=repeats) / seconds(forms[swapped], x, repeats=repeats):.2f}")
+            table.append(f"| {k} × {n} | " + " | ".join(cells) + " |")
+    for (title, _), table in zip(tables, lines):
+        print(f"Device: {jax.devices()[0].device_kind}; time of {title}, x of M rows, {where}")
+        print("| K × N | " + " | ".join(f"M={m}" for m in rows) + " |")
+        print("|---" * (len(rows) + 1) + "|")
+        print("\n".join(table) + "\n")
 
 
 def main():
