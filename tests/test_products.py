@@ -45,6 +45,21 @@ def test_the_benchmarks_transposed_weight_first_form_is_the_forward_product(rows
     assert "optimization_barrier" in jax.jit(gemm_layouts.transposed_weight_first).lower(x, w).as_text()
 
 
+def test_the_benchmarks_libraries_compute_the_same_products():
+    """gemm_layouts.py --libraries times XLA, numpy and torch on one set of weights: the same
+    NN and NT products, each from the input converted to its own array type."""
+    forms, count = gemm_layouts.library_products_of(24, 40, cold=False)
+    assert count == 1 and set(forms) == {"XLA", "numpy", "torch"}
+    x = np.random.default_rng(0).standard_normal((8, 24), dtype=np.float32)
+    for layout in (1, 2):
+        results = {name: np.asarray(f[layout](f[0](x))[0]) for name, f in forms.items()}
+        assert results["XLA"].shape == (8, 40)
+        for name in ("numpy", "torch"):
+            np.testing.assert_allclose(results[name], results["XLA"], rtol=1e-5, atol=1e-5)
+    nn, nt = (np.asarray(forms["numpy"][layout](x)[0]) for layout in (1, 2))
+    assert not np.allclose(nn, nt)  # the two layouts multiply different weights
+
+
 def test_weight_first_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(products, "WEIGHT_FIRST_MAX_ROWS", 0)
     assert "optimization_barrier" not in input_gradient_hlo(random((8, 40), 0), random((40, 24), 1))
