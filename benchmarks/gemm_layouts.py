@@ -66,6 +66,11 @@ def transposed_weight_first(x: jax.Array, w: jax.Array) -> jax.Array:
     return lax.optimization_barrier(swapped).T[:rows]
 
 
+def weight_count(k: int, n: int, cold: bool) -> int:
+    """How many (K, N) float32 weights a table cycles through: one warm, COLD_BYTES of them cold."""
+    return max(1, COLD_BYTES // (4 * k * n)) if cold else 1
+
+
 # Each multiplies x by every weight of a list: NN by weights (K, N), NT by weights (N, K).
 _nn = jax.jit(lambda x, ws: [x @ w for w in ws])
 _nt = jax.jit(lambda x, ws: [lax.dot_general(x, w, (((1,), (1,)), ((), ()))) for w in ws])
@@ -75,7 +80,7 @@ def products(k: int, n: int, cold: bool):
     """(NN, NT, NT weight first, NN weight first, the weights each call reads): NN multiplies
     x (M, K) by each weight (K, N), NT contracts each weight (N, K) on its last axis; one weight
     warm, COLD_BYTES of them cold."""
-    count = max(1, COLD_BYTES // (4 * k * n)) if cold else 1
+    count = weight_count(k, n, cold)
     key = jax.random.PRNGKey(0)
     w = [jax.random.normal(jax.random.fold_in(key, i), (k, n)) for i in range(count)]
     w_t = [jax.random.normal(jax.random.fold_in(key, i), (n, k)) for i in range(count)]
@@ -87,7 +92,7 @@ def products(k: int, n: int, cold: bool):
 def library_products_of(k: int, n: int, cold: bool):
     """{library: (x's conversion, NN, NT)} over the same weights (COLD_BYTES of them if cold), and
     their count: XLA, numpy and, if installed, torch."""
-    count = max(1, COLD_BYTES // (4 * k * n)) if cold else 1
+    count = weight_count(k, n, cold)
     rng = np.random.default_rng(0)
     w = [rng.standard_normal((k, n), dtype=np.float32) for _ in range(count)]
     w_t = [rng.standard_normal((n, k), dtype=np.float32) for _ in range(count)]
