@@ -3,6 +3,7 @@
 Every error names the key as it is set on the command line (`--config.KEY`).
 """
 import json
+import math
 import os
 from typing import Any, Dict, List, Tuple
 
@@ -13,6 +14,10 @@ from mend_jax.models.layers import DTYPES, REMAT_POLICIES
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key."""
+
+    def in_file(self) -> str:
+        """The message for a config read from a file (editor.json) instead of the command line."""
+        return str(self).replace("--config.", "", 1)
 
 
 # Keys that may change when a run resumes: its length, how often it logs, validates and
@@ -72,6 +77,7 @@ def validate(config: ml_collections.ConfigDict, trains: bool = True) -> None:
     `trains`: the algorithm meta-trains (FT does not, so its schedule keys do not matter).
     """
     check_model_keys(config)
+    check_finite_floats(config)
     for key in POSITIVE_INTS:
         if _has(config, key):
             value = get(config, key)
@@ -80,12 +86,12 @@ def validate(config: ml_collections.ConfigDict, trains: bool = True) -> None:
     for key in NON_NEGATIVE + POSITIVE:
         if _has(config, key):
             value = get(config, key)
-            if value is None or value < 0 or (key in POSITIVE and value == 0):
-                raise _bad(key, value, "must be positive" if key in POSITIVE else "must be >= 0")
+            if not _is_number(value) or value < 0 or (key in POSITIVE and value == 0):
+                raise _bad(key, value, "must be a positive number" if key in POSITIVE else "must be a number >= 0")
     for key in ("lr", "edit_lr", "lr_lr"):
         value = config.get(key)
-        if value is not None and value < 0:
-            raise _bad(key, value, "a learning rate must be >= 0")
+        if value is not None and (not _is_number(value) or value < 0):
+            raise _bad(key, value, "a learning rate must be a number >= 0")
     if config.final_eval_steps == 0 or config.final_eval_steps < -1:
         raise _bad("final_eval_steps", config.final_eval_steps, "must be a positive number of batches, or -1 for all")
     if not 0 < config.data.loc_pct <= 100:
@@ -102,6 +108,19 @@ def validate(config: ml_collections.ConfigDict, trains: bool = True) -> None:
             "editor's edits mean nothing. To evaluate a trained run, pass its --workdir with "
             "--config.eval_only=True",
         )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_finite_floats(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for any NaN or inf in the config: `value < 0` is False for NaN, and a NaN
+    learning rate would train a NaN editor."""
+    for key, value in flatten(config.to_dict()).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise _bad(key, value, "must be a finite number (NaN and inf are not)")
 
 
 def check_data_parallel(config: ml_collections.ConfigDict, n_data: int) -> None:

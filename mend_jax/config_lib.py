@@ -89,10 +89,13 @@ def ft_defaults() -> ml_collections.ConfigDict:
 
 def apply_alg_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Fills the per-algorithm fields left at None with `config.alg`'s defaults, in place."""
+    from mend_jax.config_checks import ConfigError
+
     if config.alg not in ALG_DEFAULTS:
-        raise ValueError(f"alg {config.alg!r} is not implemented; available: {sorted(ALG_DEFAULTS)}")
+        raise ConfigError(f"--config.alg={config.alg!r}: not implemented; available: {', '.join(sorted(ALG_DEFAULTS))}")
     if config.alg_defaults not in ALG_DEFAULT_PROFILES:
-        raise ValueError(f"alg_defaults must be one of {sorted(ALG_DEFAULT_PROFILES)}, got {config.alg_defaults!r}")
+        raise ConfigError(f"--config.alg_defaults={config.alg_defaults!r}: must be one of "
+                          f"{', '.join(sorted(ALG_DEFAULT_PROFILES))}")
     defaults = {**ALG_DEFAULTS[config.alg], **ALG_DEFAULT_PROFILES[config.alg_defaults].get(config.alg, {})}
     for key, value in defaults.items():
         if config[key] is None:

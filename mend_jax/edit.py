@@ -7,16 +7,19 @@
 edits.jsonl holds one edit per line: {"prompt": ..., "target": ...}, optionally with
 "rephrase", "locality", "portability_prompt" and "portability_answer" (editing/requests.py).
 Prints a before/after table and the metrics, and writes metrics.json (into --out, else
-RUN/edits/); --out also receives the edited model in Hugging Face format. Input is
-checked before anything is edited, and files are written only once everything succeeded.
+RUN/edits/); --out also receives the edited model in Hugging Face format. --out must be a
+new or empty directory or an earlier export of this command, which is replaced atomically;
+any other directory is refused. Input and output locations are checked before anything is
+edited, and files are written only once everything succeeded.
 """
 import argparse
 import json
 import os
 import sys
 import textwrap
+import warnings
 
-METRICS_FILE = "metrics.json"
+from mend_jax.editing.outputs import METRICS_FILE
 
 
 def parse_args(argv):
@@ -35,20 +38,31 @@ def parse_args(argv):
                     help="edit each batch on the original model and score it there (CounterFact's protocol); "
                          "no edited model to --out")
     ap.add_argument("--batch-size", type=int, default=None, help="edits per editor step (default: all at once)")
-    ap.add_argument("--max-new-tokens", type=int, default=8, help="length of the greedy completions shown (gen)")
-    ap.add_argument("--out", help="write the edited model (config.json, model.safetensors, tokenizer) here")
+    ap.add_argument("--max-new-tokens", type=int, default=8,
+                    help="length of the greedy completions shown and compared for locality (gen); locality is "
+                         "exact match of these tokens, so the score depends on it")
+    ap.add_argument("--out", help="write the edited model (config.json, model.safetensors, tokenizer) and "
+                                  "metrics.json here: a new or empty directory, or an earlier export of this command")
     args = ap.parse_args(argv)
     if args.prompt is not None and args.target is None:
         ap.error("--prompt needs --target")
     if args.prompt is None and (args.target or args.rephrase):
         ap.error("--target and --rephrase go with --prompt; put them in the --edits file's lines instead")
-    if args.limit is not None and (args.counterfact is None or args.limit < 1):
-        ap.error("--limit takes a positive number of cases, with --counterfact")
+    if args.limit is not None and args.counterfact is None:
+        ap.error("--limit goes with --counterfact")
     if args.independent and (args.sequential or args.out):
         ap.error("--independent edits every batch on the original model: it goes with neither --sequential nor --out")
-    if args.batch_size is not None and args.batch_size < 1:
-        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
     return args
+
+
+def check_numbers(args) -> None:
+    """The numeric options, checked as the API checks its arguments (editing/requests.py)."""
+    from mend_jax.editing.requests import check_positive_int
+
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                        ("--limit", args.limit)):
+        if value is not None:
+            check_positive_int(flag, value)
 
 
 def fail(message: str, code: int = 2):
@@ -88,50 +102,98 @@ def summary(metrics) -> str:
 def _write_json_atomically(path: str, obj) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _check_metrics_path(path: str) -> None:
+    from mend_jax.editing.outputs import OutputError, check_writable
+
+    if os.path.isdir(path):
+        raise OutputError(f"{path} is a directory; the metrics file cannot be written there")
+    check_writable(os.path.dirname(path), f"the metrics file {path}")
+
+
+def _edit(args):
+    """(editor, result) for the parsed arguments; every check of the input and the outputs comes first."""
+    from mend_jax.data.counterfact import load_counterfact
+    from mend_jax.editing.editor import Editor
+    from mend_jax.editing.outputs import MODEL, check_output_dir
+    from mend_jax.editing.requests import make_requests, read_jsonl
+
+    check_numbers(args)
+    if args.out:
+        check_output_dir(args.out, MODEL, flag="--out")  # before the model loads; its size is checked below
+    else:
+        _check_metrics_path(os.path.join(args.run, "edits", METRICS_FILE))
+    if args.counterfact is not None:
+        cases = load_counterfact(args.counterfact)[:args.limit]
+    elif args.edits is not None:
+        requests = read_jsonl(args.edits).with_locality(args.locality, "--locality")
+    else:
+        requests = make_requests([args.prompt], [args.target], [args.rephrase] if args.rephrase else None,
+                                 where="--prompt/--target").with_locality(args.locality, "--locality")
+    editor = Editor.from_run(args.run, max_new_tokens=args.max_new_tokens)
+    if args.out:
+        editor.check_export(args.out, "--out")
+    if args.counterfact is not None:
+        result = editor.edit_counterfact(cases, sequential=args.sequential, batch_size=args.batch_size,
+                                         independent=args.independent)
+    else:
+        result = editor.apply(requests, sequential=args.sequential, batch_size=args.batch_size,
+                              independent=args.independent)
+    return editor, result
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from mend_jax.config_checks import ConfigError
-    from mend_jax.data.counterfact import load_counterfact
-    from mend_jax.data.io import DataFormatError, DataNotFoundError
-    from mend_jax.editing.editor import Editor, NoTrainedEditor
-    from mend_jax.editing.editor_files import EditorFileError
-    from mend_jax.editing.requests import EditInputError, make_requests, read_jsonl
+    import transformers
 
+    from mend_jax.config_checks import ConfigError
+    from mend_jax.data.io import DataFormatError, DataNotFoundError
+    from mend_jax.editing.editor import NoTrainedEditor
+    from mend_jax.editing.editor_files import EditorFileError, NonFiniteEditor
+    from mend_jax.editing.outputs import OutputError
+    from mend_jax.editing.requests import EditInputError
+
+    transformers.logging.set_verbosity_error()  # a tokenizer's length warning would precede our own error
+    user_errors = (EditInputError, NoTrainedEditor, EditorFileError, NonFiniteEditor, ConfigError, DataFormatError,
+                   DataNotFoundError, OutputError)
     try:
-        if args.counterfact is not None:
-            cases = load_counterfact(args.counterfact)[:args.limit]
-        elif args.edits is not None:
-            requests = read_jsonl(args.edits)
-            if args.locality:
-                requests = make_requests(requests.prompts, requests.targets, requests.rephrases,
-                                         requests.locality_prompts + args.locality, requests.portability_prompts,
-                                         requests.portability_answers, where=args.edits)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            editor, result = _edit(args)
+        _print_warnings(caught)
+        print(table(result))
+        print(summary(result.metrics))
+        if args.out:
+            editor.save_pretrained(args.out, metrics=result.to_json())  # metrics.json inside, before the swap
+            print(f"edited model and metrics: {os.path.abspath(args.out)}")
         else:
-            requests = make_requests([args.prompt], [args.target], [args.rephrase] if args.rephrase else None,
-                                     args.locality, where="--prompt/--target")
-        editor = Editor.from_run(args.run, max_new_tokens=args.max_new_tokens)
-        if args.counterfact is not None:
-            result = editor.edit_counterfact(cases, sequential=args.sequential, batch_size=args.batch_size,
-                                             independent=args.independent)
-        else:
-            result = editor.apply(requests, sequential=args.sequential, batch_size=args.batch_size,
-                                  independent=args.independent)
-    except (EditInputError, NoTrainedEditor, EditorFileError, ConfigError, DataFormatError, DataNotFoundError) as e:
+            metrics_path = os.path.join(args.run, "edits", METRICS_FILE)
+            _write_json_atomically(metrics_path, result.to_json())
+            print(f"metrics: {os.path.abspath(metrics_path)}")
+    except user_errors as e:
         fail(str(e))
-    print(table(result))
-    print(summary(result.metrics))
-    metrics_path = os.path.join(args.out or os.path.join(args.run, "edits"), METRICS_FILE)
-    if args.out:
-        editor.save_pretrained(args.out)
-        print(f"edited model: {os.path.abspath(args.out)}")
-    _write_json_atomically(metrics_path, result.to_json())
-    print(f"metrics: {os.path.abspath(metrics_path)}")
+    except OSError as e:  # writing the outputs: a full disk, a file removed under us
+        fail(f"cannot write the output: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""))
     return 0
+
+
+def _print_warnings(caught) -> None:
+    """Our own warnings as one line each; library warnings as Python formats them."""
+    from mend_jax.editing.editor_files import EditorWarning
+
+    for w in caught:
+        if issubclass(w.category, EditorWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            print(warnings.formatwarning(w.message, w.category, w.filename, w.lineno).rstrip(), file=sys.stderr)
 
 
 if __name__ == "__main__":

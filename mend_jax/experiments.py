@@ -408,11 +408,15 @@ def check_world_paths(config) -> None:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """The checks every experiment passes before a model is loaded."""
     if config.task not in TASKS:
-        raise ValueError(f"task {config.task!r} is not implemented; available: {', '.join(TASKS)}")
+        raise ConfigError(f"--config.task={config.task!r}: not implemented; available: {', '.join(TASKS)}")
+    if not tuple(config.model.inner_params):
+        raise ConfigError(f"--config.model.inner_params={tuple(config.model.inner_params)!r}: must name at least one "
+                          "weight matrix to edit (e.g. the last layers' MLP kernels)")
     if config.batch_size <= config.data.n_edits or config.val_batch_size <= config.data.n_edits:
-        raise ValueError("batch_size and val_batch_size must exceed data.n_edits (the rest is locality data)")
+        raise ConfigError(f"--config.batch_size={config.batch_size}, val_batch_size={config.val_batch_size}: both "
+                          f"must exceed data.n_edits={config.data.n_edits} (the rest is locality data)")
     if config.data.source not in ("files", "world"):
-        raise ValueError(f"data.source must be 'files' or 'world', got {config.data.source!r}")
+        raise ConfigError(f"--config.data.source={config.data.source!r}: must be 'files' or 'world'")
     if not config.model.inner_params:
         raise ValueError("model.inner_params is empty: name the matrices to edit, e.g. transformer.h.5.mlp.c_fc.weight")
     check_world_paths(config)

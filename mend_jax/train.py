@@ -74,6 +74,26 @@ def make_workdir(workdir: str) -> None:
         fail(f"--workdir {workdir!r} is not writable: {e.strerror}")
 
 
+def remove_if_unused(workdir: str, created: bool) -> None:
+    """Removes a workdir this command created if the failed run left nothing of use in it: no
+    checkpoint, no logged metric, no results (only its config and an empty log), so that a
+    failed first attempt leaves no empty run behind."""
+    if not created or not os.path.isdir(workdir):
+        return
+    from mend_jax.config_checks import config_path
+    from mend_jax.metric_log import METRICS_JSONL
+
+    def unused(path: str) -> bool:
+        rel = os.path.relpath(path, workdir)
+        return (path == config_path(workdir) or rel.startswith("tb" + os.sep)
+                or (rel == METRICS_JSONL and os.path.getsize(path) == 0))
+
+    if all(unused(os.path.join(root, name)) for root, _, names in os.walk(workdir) for name in names):
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run(config, workdir: str):
     from mend_jax import config_checks, config_lib, experiments
     from mend_jax.trainer import Trainer
@@ -136,6 +156,7 @@ def main(argv):
     distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)
+    created = not os.path.exists(workdir)
     make_workdir(workdir)
     print(f"workdir: {os.path.abspath(workdir)}")
     from mend_jax.checkpointing import CheckpointError
@@ -147,8 +168,10 @@ def main(argv):
     try:
         results = run(config, workdir)
     except (ConfigError, DataFormatError, DataNotFoundError, MeshError) as e:
+        remove_if_unused(workdir, created)
         fail(str(e))
     except (TrainingDiverged, CheckpointError) as e:
+        remove_if_unused(workdir, created)
         fail(str(e), code=1)
     if distributed.is_main():
         print("\n".join(summary_lines(results, config.task)))

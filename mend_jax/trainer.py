@@ -19,13 +19,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 from mend_jax import config_checks, config_lib, data_parallel, distributed, environment, meta, sharding
 from mend_jax.accumulation import accumulate, applies_update, starts_window
 from mend_jax.clipping import clip_grad_norm_like_torch
 from mend_jax.checkpointing import BEST_METRIC, Checkpointer, check_free_space, state_bytes
 from mend_jax.data.batching import stack_batches
-from mend_jax.editing.editor_files import EDITOR_DIR, save_editor
+from mend_jax.editing import editor_files
 from mend_jax.editors.base import needs_training
 from mend_jax.forwarding import jit_forwarding_inputs
 from mend_jax.metric_log import MetricLog, with_suffix
@@ -327,9 +328,15 @@ class Trainer:
             final_state = self._final_state(state, ckpt, cfg.eval_only and self.trains)
             if self.trains:  # the kept editor as shareable files (editing/editor_files.py)
                 params, stats = distributed.to_host((final_state.params, final_state.stats))  # on every process
+                try:
+                    editor_files.check_finite(params, stats, f"the kept editor (step {_scalar(final_state.best_step)})")
+                except editor_files.NonFiniteEditor as e:
+                    raise TrainingDiverged(f"{e}; nothing was exported to {editor_files.EDITOR_DIR}/") from None
+                inner = distributed.to_host(_inner_leaves(self.base_params, self.exp.target.inner_paths))
                 if main:
-                    save_editor(os.path.join(self.workdir, EDITOR_DIR), params, stats, cfg,
-                                {"alg": cfg.alg, "step": _scalar(final_state.best_step)})
+                    editor_files.save_editor(os.path.join(self.workdir, editor_files.EDITOR_DIR), params, stats, cfg,
+                                {"alg": cfg.alg, "step": _scalar(final_state.best_step),
+                                 **editor_files.identity(cfg, self.exp.target.inner_paths, inner)})
             metrics = self.evaluate(final_state, cfg.final_eval_steps, progress=True)
             log.scalars(_scalar(final_state.step), with_suffix(metrics, "_val"), suffix="/final")
             results = {
@@ -420,6 +427,12 @@ class Trainer:
             state, _ = self._validate(state, step - 1, ckpt, log)
         ckpt.save_latest(_scalar(state.step), state)
         return state
+
+
+def _inner_leaves(params, inner_paths):
+    """The edited matrices of `params` alone, in its nesting (what the editor's identity hashes)."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({tuple(p): flat[tuple(p)] for p in inner_paths})
 
 
 def _scalar(x):

@@ -62,3 +62,20 @@ def experiment(gen_config):
     from mend_jax import experiments
 
     return experiments.build(gen_config)
+
+
+@pytest.fixture(scope="session")
+def gen_run(tmp_path_factory):
+    """A finished two-step MEND run on the tiny GPT-2 (its editor exported under editor/); tests copy
+    it before changing anything in it."""
+    from mend_jax import experiments
+    from mend_jax.trainer import Trainer
+    from tests import tiny
+
+    root = tmp_path_factory.mktemp("edit_run")
+    c = tiny.write_gen_experiment(str(root / "exp"))
+    c.max_iters, c.val_interval, c.val_steps, c.eval_chunk, c.final_eval_steps = 2, 1, 2, 2, 2
+    c.async_checkpointing = False
+    c.mend.rank = 4
+    Trainer(c, experiments.build(c), str(root / "run")).run()
+    return str(root / "run")

@@ -14,11 +14,10 @@ import torch
 import transformers
 from flax import traverse_util
 
-from mend_jax import Editor, config_checks, experiments, losses
+from mend_jax import Editor, config_checks, losses
 from mend_jax import edit as edit_cli
 from mend_jax.editing import editor_files
 from mend_jax.editing.requests import EditInputError, read_jsonl
-from mend_jax.trainer import Trainer
 from tests import kilt_fixtures as kf
 from tests import tiny
 
@@ -33,18 +32,6 @@ def leaves_equal(a, b):
 
 def max_diff(a, b):
     return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-
-
-@pytest.fixture(scope="module")
-def gen_run(tmp_path_factory):
-    """A finished two-step MEND run on the tiny GPT-2 (its editor exported under editor/)."""
-    root = tmp_path_factory.mktemp("edit_run")
-    c = tiny.write_gen_experiment(str(root / "exp"))
-    c.max_iters, c.val_interval, c.val_steps, c.eval_chunk, c.final_eval_steps = 2, 1, 2, 2, 2
-    c.async_checkpointing = False
-    c.mend.rank = 4
-    Trainer(c, experiments.build(c), str(root / "run")).run()
-    return str(root / "run")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +67,7 @@ def test_run_exports_its_kept_editor_and_the_checkpoint_gives_the_same(gen_run, 
 
 def test_saved_editor_loads_bit_for_bit(editor, tmp_path):
     editor.save(str(tmp_path / "ed"))
-    assert sorted(os.listdir(tmp_path / "ed")) == ["editor.json", "editor.safetensors"]
+    assert sorted(os.listdir(tmp_path / "ed")) == [".mend_jax_export.json", "editor.json", "editor.safetensors"]
     loaded = Editor.load(str(tmp_path / "ed"))
     assert leaves_equal(loaded.params, editor.params) and leaves_equal(loaded.stats, editor.stats)
     with pytest.raises(editor_files.EditorFileError, match="holds no trained editor"):

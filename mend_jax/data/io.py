@@ -14,17 +14,29 @@ class DataFormatError(ValueError):
 
 
 def require_file(path: str, hint: str) -> None:
+    if os.path.isdir(path):
+        raise DataNotFoundError(f"{path} is a directory, not a file. {hint}")
     if not os.path.isfile(path):
         raise DataNotFoundError(f"{path} does not exist. {hint}")
 
 
+def decode_utf8(raw: bytes, where: str) -> str:
+    """`raw` as text, or a DataFormatError naming `where` and the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{where}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r} at offset {e.start}); "
+                              "save the file as UTF-8") from None
+
+
 def read_json(path: str, hint: str) -> Any:
     require_file(path, hint)
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataFormatError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    with open(path, "rb") as f:
+        text = decode_utf8(f.read(), path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
 
 
 def _count_lines(path: str) -> int:

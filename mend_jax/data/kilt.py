@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mend_jax.data.batching import pad_right
-from mend_jax.data.io import DataFormatError, DataNotFoundError, require_file
+from mend_jax.data.io import DataFormatError, DataNotFoundError, decode_utf8, require_file
 
 
 # Our split names -> the names in De Cao et al.'s files.
@@ -46,8 +46,9 @@ def read_jsonl(path: str, hint: str) -> List[Tuple[int, Dict[str, Any]]]:
     """(line number, object) for every non-blank line; errors name the file and the line."""
     require_file(path, hint)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = decode_utf8(raw, f"{path}, line {lineno}")
             if not line.strip():
                 continue
             try:

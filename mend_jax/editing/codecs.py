@@ -11,7 +11,7 @@
 Batches are right-padded to a width rounded up to `WIDTH_STEP`, so that a few
 compilations serve prompts of any length.
 """
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,19 @@ class CausalLMCodec:
         if self.limit and longest > self.limit:
             raise EditInputError(f"{what}: {longest} tokens, more than the model's {self.limit} positions")
         return _round_up(longest, self.limit)
+
+    def length_problem(self, prompt: str, target: Optional[str], completes: bool) -> Optional[str]:
+        """Why `prompt` (with `target`, or with the completion's new tokens) does not fit the model, or None."""
+        if not self.limit:
+            return None
+        prompt_ids, target_ids = prompt_target_tokens(self.tokenizer, [prompt], [target or ""])
+        if target is not None and len(prompt_ids[0]) + len(target_ids[0]) > self.limit:
+            return (f"the prompt with its target is {len(prompt_ids[0]) + len(target_ids[0])} tokens, more than "
+                    f"the model's {self.limit} positions")
+        if completes and len(prompt_ids[0]) + self.max_new_tokens > self.limit:
+            return (f"the prompt is {len(prompt_ids[0])} tokens, and with {self.max_new_tokens} new tokens "
+                    f"(--max-new-tokens) more than the model's {self.limit} positions")
+        return None
 
     def edit_batch(self, prompts: Sequence[str], targets: Sequence[str]) -> Dict[str, np.ndarray]:
         prompt_ids, target_ids = prompt_target_tokens(self.tokenizer, prompts, targets)
@@ -95,6 +108,15 @@ class Seq2SeqCodec:
         self.start_id = tok.eos_token_id if self.encoder.style == "bart" else self.encoder.start_id
         self.eos_id = tok.eos_token_id
         self._greedy = _greedy_seq2seq(self.module, self.encoder.target_max_length, self.start_id, self.encoder.pad_id)
+
+    def length_problem(self, prompt: str, target: Optional[str], completes: bool) -> Optional[str]:
+        for text, limit, what in ((prompt, self.encoder.max_length, "prompt"),
+                                  (target, self.encoder.target_max_length, "target")):
+            n = len(self.tokenizer(text)["input_ids"]) if text is not None else 0
+            if n > limit:
+                return (f"the {what} is {n} tokens, more than {limit} (data.max_length or data.target_max_length "
+                        "of the run's config)")
+        return None
 
     def _check(self, texts: Sequence[str], limit: int, what: str) -> None:
         for text in texts:
@@ -146,6 +168,9 @@ class ClassifierCodec:
         self.tokenizer, self.module, self.max_length = model.tokenizer, model.target.module, max_length
         self._logits = jax.jit(lambda params, ids, mask: self.module.apply({"params": params}, input_ids=ids,
                                                                            attention_mask=mask))
+
+    def length_problem(self, prompt: str, target: Optional[str], completes: bool) -> Optional[str]:
+        return None  # the classifier reads the first data.max_length tokens, as in training
 
     def _labels(self, targets: Sequence[str]) -> np.ndarray:
         bad = next((t for t in targets if t not in self.LABELS), None)

@@ -15,7 +15,9 @@ locality always compares with the original model. The metrics are defined in the
 README, "Editing with a trained editor".
 """
 import dataclasses
+import json
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import jax
@@ -23,16 +25,22 @@ import ml_collections
 import numpy as np
 
 from mend_jax import config_checks, config_lib, editors, experiments, losses
-from mend_jax.editing import editor_files
+from mend_jax.editing import editor_files, outputs
 from mend_jax.data.counterfact import CounterFactCase
 from mend_jax.editing.codecs import make_codec
 from mend_jax.editing.counterfact_scores import Scorer, case_scores, concat_case_scores, summarize_case_scores
-from mend_jax.editing.requests import EditInputError, EditRequests, make_requests
+from mend_jax.editing.requests import EditInputError, EditRequests, check_positive_int, make_requests
 from mend_jax.editors.base import needs_training
 from mend_jax.editors.train_base import TrainableBase
 from mend_jax.forwarding import jit_forwarding_inputs
 
 DEFAULT_NEW_TOKENS = 8
+# apply() warns when a step holds more than this many times the edits per step the editor trained with.
+FAR_BEYOND_TRAINING = 4
+
+
+class EditScaleWarning(editor_files.EditorWarning):
+    """More edits per step than the editor was meta-trained with."""
 
 
 class NoTrainedEditor(FileNotFoundError):
@@ -63,6 +71,8 @@ def _rows(batch, rows: slice):
 class Editor:
     def __init__(self, config: ml_collections.ConfigDict, model: experiments.TaskModel, editor, params, stats,
                  max_new_tokens: int = DEFAULT_NEW_TOKENS):
+        check_positive_int("max_new_tokens", max_new_tokens)
+        editor_files.check_finite(params, stats)
         self.config, self.model, self.editor = config, model, editor
         self.params, self.stats = params, stats
         trains_base = isinstance(editor, TrainableBase)
@@ -93,7 +103,9 @@ class Editor:
     def load(cls, directory: str, **kwargs) -> "Editor":
         """An editor saved by `save` (or exported by a training run under RUN/editor)."""
         meta = editor_files.read_meta(directory)
-        config, model, editor = _assemble(ml_collections.ConfigDict(meta["config"]))
+        config, model, editor = _assemble_saved(ml_collections.ConfigDict(meta["config"]),
+                                                os.path.join(directory, editor_files.META))
+        editor_files.check_identity(directory, meta, model.target.inner_paths, model.params)
         # The structure to fill, from shapes alone: nothing is initialised only to be overwritten.
         like = jax.eval_shape(lambda: editor.init(jax.random.PRNGKey(0), model.params))
         params, stats = editor_files.load_weights(directory, *like)
@@ -121,8 +133,11 @@ class Editor:
         return cls(config, model, editor, params, stats, **kwargs)
 
     def save(self, directory: str) -> None:
-        """editor.safetensors + editor.json (editing/editor_files.py)."""
-        editor_files.save_editor(directory, self.params, self.stats, self.config, {"alg": self.config.alg})
+        """editor.safetensors + editor.json (editing/editor_files.py), with what it was trained for.
+        `directory` must be new, empty or an earlier saved editor (editing/outputs.py)."""
+        info = {"alg": self.config.alg,
+                **editor_files.identity(self.config, self.model.target.inner_paths, self.model.params)}
+        editor_files.save_editor(directory, self.params, self.stats, self.config, info)
 
     # ----- editing ------------------------------------------------------------------
     def edit(self, prompts: Sequence[str], target_new: Sequence[str], rephrase_prompts=None, locality_prompts=None,
@@ -137,12 +152,14 @@ class Editor:
         """`independent=True` edits each batch on the original model and scores it there (the
         paper's evaluation of single edits); there is then no one edited model to export."""
         n = len(requests)
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
         step = 1 if sequential else (batch_size or n)
-        if step < 1:
-            raise EditInputError(f"batch_size must be >= 1, got {batch_size}")
+        self._warn_if_beyond_training(min(step, n))
         if independent and requests.portability_prompts and len(requests.portability_prompts) != n:
             raise EditInputError("independent edits are scored one batch at a time: give one portability prompt "
                                  "per edit")
+        self._check_lengths(requests)
         codec, original = self.codec, self.original
         probes = self._probes(requests)
         edits = probes["edit"]
@@ -186,6 +203,26 @@ class Editor:
         self.edited, self._last_independent = (None if independent else current), independent
         return EditResult(metrics, self._table(requests, before.texts, scored_before["edit"]),
                           self._table(requests, list(after), scored_after["edit"]), history, self.edited, owners)
+
+    def _check_lengths(self, requests: EditRequests) -> None:
+        """Every text against the model's positions before any work; the error names where the text came from."""
+        checks = (("prompts", requests.prompts, requests.targets, True),
+                  ("rephrases", requests.rephrases, requests.targets, False),
+                  ("locality_prompts", requests.locality_prompts, None, True),
+                  ("portability_prompts", requests.portability_prompts, requests.portability_answers, False))
+        for field, texts, answers, completes in checks:
+            for i, text in enumerate(texts):
+                problem = self.codec.length_problem(text, answers[i] if answers else None, completes)
+                if problem:
+                    raise EditInputError(f"{requests.origin(field, i)}: {problem}")
+
+    def _warn_if_beyond_training(self, step: int) -> None:
+        trained = int(self.config.data.n_edits)
+        if needs_training(self.editor) and step > FAR_BEYOND_TRAINING * trained:
+            warnings.warn(EditScaleWarning(
+                f"this editor was meta-trained with {trained} edit(s) per step and is applied to {step} at once; "
+                f"edits far beyond the trained number can damage the model. Use batch_size={trained} (--batch-size) "
+                "or an editor trained with more (--config.data.n_edits)"), stacklevel=3)
 
     def _stats(self, owners, batch):
         """(correct, nll) per row of `batch`, each row scored on the model that owns it."""
@@ -233,23 +270,31 @@ class Editor:
                                            np.exp(-np.asarray(nll, np.float64)), correct)]
 
     # ----- export ---------------------------------------------------------------------
-    def save_pretrained(self, out_dir: str) -> None:
+    def check_export(self, out_dir: str, flag: str = "") -> None:
+        """Raises OutputError unless save_pretrained(out_dir) can write there without losing a file:
+        call it before editing, so that a bad destination costs no work."""
+        outputs.check_output_dir(out_dir, outputs.MODEL, outputs.export_bytes(self.original), flag)
+
+    def save_pretrained(self, out_dir: str, metrics: Optional[Dict[str, Any]] = None) -> None:
         """The model of the last edit() (the original model before any) as config.json,
-        model.safetensors and the tokenizer, which transformers' from_pretrained loads."""
+        model.safetensors and the tokenizer, which transformers' from_pretrained loads, and
+        `metrics` as metrics.json. `out_dir` must be new, empty or an earlier export; it is
+        replaced atomically (editing/outputs.py)."""
         from mend_jax import models
 
         if self.edited is None and self._last_independent:
             raise ValueError("the last edit() was independent (each batch on the original model): there is no one "
                              "edited model to save; edit with independent=False first")
         params = self.edited if self.edited is not None else self.original
-        tmp = out_dir.rstrip("/") + ".partial"
-        models.save_pretrained(self.model.target.module, params, tmp)
-        self.model.tokenizer.save_pretrained(tmp)
-        if os.path.isdir(out_dir):
-            import shutil
 
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
+        def fill(tmp: str) -> None:
+            models.save_pretrained(self.model.target.module, params, tmp)
+            self.model.tokenizer.save_pretrained(tmp)
+            if metrics is not None:
+                with open(os.path.join(tmp, outputs.METRICS_FILE), "w") as f:
+                    json.dump(metrics, f, indent=1)
+
+        outputs.write_dir(out_dir, outputs.MODEL, fill)
 
 
 def _assemble(config: ml_collections.ConfigDict):
@@ -261,6 +306,18 @@ def _assemble(config: ml_collections.ConfigDict):
         sources = experiments.TASKS[config.task].sources(config, with_data=True)
         editor.bind_data(experiments.TASKS[config.task].data(config, model, sources)[0])
     return config, model, editor
+
+
+def _assemble_saved(config: ml_collections.ConfigDict, path: str):
+    """_assemble for a config read from a file: a value the code cannot use is an EditorFileError naming the file."""
+    try:
+        config_lib.apply_alg_defaults(config)
+        config_checks.validate(config, trains=False)
+        return _assemble(config)
+    except config_checks.ConfigError as e:
+        raise editor_files.EditorFileError(f"{path}: {e.in_file()}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise editor_files.EditorFileError(f"{path}: its config cannot build an editor: {e}") from None
 
 
 def _unchanged(reference, completions) -> float:

@@ -7,7 +7,8 @@ A JSONL line is one edit: {"prompt": ..., "target": ...} and, optionally,
 before anything is edited, and an error names the file and line.
 """
 import dataclasses
-from typing import List, Optional
+from collections.abc import Mapping, Sequence
+from typing import Dict, List, Optional
 
 from mend_jax.data.io import DataFormatError, DataNotFoundError
 from mend_jax.data.kilt import read_jsonl as read_objects
@@ -29,9 +30,31 @@ class EditRequests:
     locality_prompts: List[str]  # any number, shared by all edits
     portability_prompts: List[str]
     portability_answers: List[str]
+    # Where each text came from, by field ("prompts", "rephrases", "locality_prompts",
+    # "portability_prompts"): "edits.jsonl, line 3", for errors found after reading.
+    origins: Dict[str, List[str]] = dataclasses.field(default_factory=dict, compare=False)
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def origin(self, field: str, i: int) -> str:
+        given = self.origins.get(field)
+        return given[i] if given and i < len(given) else f"{field}[{i}]"
+
+    def with_locality(self, prompts: Sequence[str], origin: str) -> "EditRequests":
+        """These requests with more locality prompts, each from `origin` (e.g. a command-line flag)."""
+        extra = _strings(prompts, "locality_prompts", origin)
+        origins = {**self.origins, "locality_prompts": [self.origin("locality_prompts", i)
+                                                        for i in range(len(self.locality_prompts))] +
+                   [origin] * len(extra)}
+        return dataclasses.replace(self, locality_prompts=self.locality_prompts + extra, origins=origins)
+
+
+def check_positive_int(name: str, value) -> None:
+    """Raises EditInputError unless `value` is an int >= 1 (the CLI and the API check their
+    numeric arguments with this one function)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EditInputError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _strings(values, name: str, where: str) -> List[str]:
@@ -39,6 +62,10 @@ def _strings(values, name: str, where: str) -> List[str]:
         return []
     if isinstance(values, str):
         values = [values]
+    if hasattr(values, "tolist") and not isinstance(values, Mapping):  # a numpy array of strings
+        values = values.tolist()
+    if not isinstance(values, Sequence):  # a dict or a set would give its keys in some order
+        raise EditInputError(f"{where}: {name} must be a string or a list of strings, got {type(values).__name__}")
     values = list(values)
     bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
     if bad is not None:
@@ -47,8 +74,9 @@ def _strings(values, name: str, where: str) -> List[str]:
 
 
 def make_requests(prompts, targets, rephrases=None, locality_prompts=None, portability_prompts=None,
-                  portability_answers=None, where: str = "edit()") -> EditRequests:
-    """Checks and packs the lists `Editor.edit` takes."""
+                  portability_answers=None, where: str = "edit()", origins=None) -> EditRequests:
+    """Checks and packs the lists `Editor.edit` takes. `origins`: EditRequests.origins (default:
+    each text named by `where` and its list and index)."""
     prompts, targets = _strings(prompts, "prompts", where), _strings(targets, "target_new", where)
     if not prompts:
         raise EditInputError(f"{where}: no edits (prompts is empty)")
@@ -69,7 +97,12 @@ def make_requests(prompts, targets, rephrases=None, locality_prompts=None, porta
         empty = next((i for i, v in enumerate(values) if not v.strip()), None)
         if empty is not None:
             raise EditInputError(f"{where}: {name}[{empty}] is empty")
-    return EditRequests(prompts, targets, rephrases, locality_prompts, portability_prompts, portability_answers)
+    fields = {"prompts": prompts, "rephrases": rephrases, "locality_prompts": locality_prompts,
+              "portability_prompts": portability_prompts}
+    origins = origins or {name: [f"{where}: {name}[{i}]" for i in range(len(values))]
+                          for name, values in fields.items()}
+    return EditRequests(prompts, targets, rephrases, locality_prompts, portability_prompts, portability_answers,
+                        origins)
 
 
 def _line_field(obj, field: str, where: str, required: bool) -> Optional[str]:
@@ -108,5 +141,8 @@ def read_jsonl(path: str) -> EditRequests:
         missing = next(w for w, v in rows if v["rephrase"] is None)
         raise EditInputError(f"{missing}: no 'rephrase', while other lines have one (give all or none)")
     column = lambda f: [v[f] for _, v in rows if v[f] is not None]
+    lines = lambda f: [w for w, v in rows if v[f] is not None]
+    origins = {"prompts": lines("prompt"), "rephrases": lines("rephrase"), "locality_prompts": lines("locality"),
+               "portability_prompts": lines("portability_prompt")}
     return make_requests(column("prompt"), column("target"), column("rephrase"), column("locality"),
-                         column("portability_prompt"), column("portability_answer"), where=path)
+                         column("portability_prompt"), column("portability_answer"), where=path, origins=origins)

@@ -23,8 +23,11 @@ def clamp_min_zero(x: jax.Array) -> jax.Array:
     meta-gradient: `jax.nn.relu`'s is 0 (the network would never leave the
     identity) and `jnp.maximum(x, 0)`'s or `jnp.clip(x, 0)`'s is 0.5. The
     reference chose clamp for exactly this reason.
+
+    Like torch's clamp, NaN passes through (NaN < 0 is false): a NaN network must
+    not act as the identity.
     """
-    return jnp.where(x >= 0, x, jnp.zeros_like(x))
+    return jnp.where(x < 0, jnp.zeros_like(x), x)
 
 
 def _xavier_uniform(gain: float):
