@@ -24,6 +24,11 @@ def get_config(arg: str = None):
     c.data.path = "data/counterfact.json"
     c.data.loc_path = ""
     c.data.max_length = 64
+    if arg in _GEN.SMALL_REAL:
+        # Real facts (data/real_facts.py) the model knows, built and cached on first use: offline.
+        c.data.source, c.data.path = "real_facts", ""
+        c.data.max_length = 32  # the longest prompt with its object is 19 SmolLM2 tokens, most at most 16
+        c.data.length_buckets = (16,)
     if arg in ("world", "world_small"):
         config_lib.use_world_model(c, c.model.inner_params)
         c.data.max_length = 24  # the world's prompts with their objects are at most 13 tokens

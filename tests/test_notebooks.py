@@ -34,3 +34,13 @@ def test_scale_notebook_runs_headless_offline(tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "| gpt-j-6b | bfloat16, full | cpu x8 (1 x 8)" in outputs, outputs[-2000:]
     assert "mesh: {'data': 2, 'fsdp': 4}" in outputs and "trained 4 steps on 8 devices" in outputs, outputs[-2000:]
+
+
+def test_real_model_notebook_edits_smollm2(tmp_path, monkeypatch):
+    """notebooks/real_model.ipynb: SmolLM2-135M from its wheel, an FT edit of a real fact with the
+    other facts unchanged, and an export whose transformers completion is the edited Flax model's."""
+    monkeypatch.setenv("MEND_JAX_REAL_RUN", str(tmp_path / "no_run"))  # the FT part only: no training in CI
+    nb = nbformat.read(os.path.join(REPO, "notebooks", "real_model.ipynb"), as_version=4)
+    NotebookClient(nb, timeout=1200, kernel_name="python3", resources={"metadata": {"path": REPO}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "reliability 1.000 (before 0.000)" in outputs and "transformers: ' Rome" in outputs, outputs[-2000:]

@@ -117,11 +117,15 @@ class CounterFactDataset(EditBatches):
     edit_inner: the rewrite prompt followed by target_new, only the target labelled;
     edit_outer: one of the case's paraphrase prompts (drawn) with target_new; loc: other
     cases' rewrite prompts with their target_true (the model's own knowledge, which the edit
-    must keep); cond (EFK): the edit text. Rows are padded to `max_length` tokens.
+    must keep), the first `loc_neighbors` of them instead drawn from the edited cases' own
+    neighbourhood prompts (the nearest facts an edit can break); cond (EFK): the edit text. Rows are padded to `max_length` tokens, or, with
+    `length_buckets`, all of a batch's rows to the smallest bucket that holds its longest (a
+    few static shapes instead of every batch at the longest case's length).
     """
 
     def __init__(self, cases: Sequence[CounterFactCase], tokenizer, *, max_length: int, n_edits: int = 1,
-                 n_loc: int = 1, seed: int = 0, source: str = "CounterFact"):
+                 n_loc: int = 1, seed: int = 0, source: str = "CounterFact", length_buckets: Sequence[int] = (),
+                 loc_neighbors: int = 0):
         check_tokenizer(tokenizer)
         check_sizes(len(cases), n_edits, n_loc, source)
         if len(cases) <= n_edits:
@@ -130,31 +134,46 @@ class CounterFactDataset(EditBatches):
         if missing is not None:
             raise DataFormatError(f"{source}: case {missing} has no paraphrase prompt, which edit_outer needs")
         self.cases, self.tokenizer, self.max_length = list(cases), tokenizer, max_length
-        self.n_edits, self.n_loc, self.seed = n_edits, n_loc, seed
+        self.widths = sorted({w for w in length_buckets if w < max_length} | {max_length})
+        if not 0 <= loc_neighbors <= n_loc:
+            raise ValueError(f"loc_neighbors={loc_neighbors} must be between 0 and the {n_loc} locality rows")
+        self.n_edits, self.n_loc, self.seed, self.loc_neighbors = n_edits, n_loc, seed, loc_neighbors
 
     def __len__(self) -> int:
         return len(self.cases)
 
-    def _encode(self, prompts: Sequence[str], targets: Sequence[str]) -> Dict[str, np.ndarray]:
+    def _tokens(self, prompts: Sequence[str], targets: Sequence[str]):
         prompt_ids, target_ids = prompt_target_tokens(self.tokenizer, prompts, targets)
         longest = max(len(p) + len(t) for p, t in zip(prompt_ids, target_ids))
         if longest > self.max_length:
             raise DataFormatError(f"a CounterFact prompt with its target has {longest} tokens, more than "
                                   f"data.max_length={self.max_length}; raise it")
-        return prompt_target_batch(prompt_ids, target_ids, self.max_length, self.tokenizer.pad_token_id)
+        return prompt_ids, target_ids, longest
+
+    def _neighbor_rows(self, cases: Sequence[CounterFactCase], rng: np.random.Generator) -> List[Tuple[str, str]]:
+        """`loc_neighbors` (prompt, target_true) rows from the edited cases' own neighbourhood prompts,
+        drawn across the edits; a case without neighbours gives none."""
+        pool = [(p, c.target_true) for c in cases for p in c.neighborhood_prompts]
+        if not pool:
+            return []
+        return [pool[i] for i in rng.choice(len(pool), self.loc_neighbors, replace=len(pool) < self.loc_neighbors)]
 
     def _batch(self, edit_idx: np.ndarray, rng: np.random.Generator) -> Dict:
-        loc_idx = draw_excluding(rng, len(self), self.n_loc, edit_idx)
         cases = [self.cases[i] for i in edit_idx]
         paraphrases = [c.paraphrase_prompts[rng.integers(len(c.paraphrase_prompts))] for c in cases]
-        inner = self._encode([c.rewrite_prompt for c in cases], [c.target_new for c in cases])
-        loc_cases = [self.cases[i] for i in loc_idx]
-        return {
-            "edit_inner": inner,
-            "edit_outer": self._encode(paraphrases, [c.target_new for c in cases]),
-            "loc": self._encode([c.rewrite_prompt for c in loc_cases], [c.target_true for c in loc_cases]),
-            "cond": {"input_ids": inner["input_ids"].copy(), "attention_mask": inner["attention_mask"].copy()},
+        loc = self._neighbor_rows(cases, rng) if self.loc_neighbors else []
+        loc_idx = draw_excluding(rng, len(self), self.n_loc - len(loc), edit_idx)
+        loc += [(self.cases[i].rewrite_prompt, self.cases[i].target_true) for i in loc_idx]
+        parts = {
+            "edit_inner": self._tokens([c.rewrite_prompt for c in cases], [c.target_new for c in cases]),
+            "edit_outer": self._tokens(paraphrases, [c.target_new for c in cases]),
+            "loc": self._tokens([p for p, _ in loc], [t for _, t in loc]),
         }
+        width = next(w for w in self.widths if w >= max(longest for _, _, longest in parts.values()))
+        batch = {name: prompt_target_batch(p, t, width, self.tokenizer.pad_token_id) for name, (p, t, _) in parts.items()}
+        inner = batch["edit_inner"]
+        batch["cond"] = {"input_ids": inner["input_ids"].copy(), "attention_mask": inner["attention_mask"].copy()}
+        return batch
 
 
 def load_splits(path: str, n_valid: int) -> Tuple[List[CounterFactCase], List[CounterFactCase]]:

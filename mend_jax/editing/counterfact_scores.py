@@ -27,7 +27,10 @@ import numpy as np
 from mend_jax import losses
 from mend_jax.data.counterfact import CounterFactCase
 
-CHUNK = 64  # prompts per scoring call; the last chunk is padded, so one compilation serves all
+CHUNK = 64  # prompts per scoring call at most
+# A call's rows are padded to the smallest of these that holds them: one case's dozen prompts (an
+# independent edit) is not scored as 64 rows, and a few compilations serve every count.
+ROW_BUCKETS = (8, 16, 32, CHUNK)
 
 
 def _aligned_predictions(target, params, batch):
@@ -49,7 +52,8 @@ class Scorer:
         for lo in range(0, len(prompts), CHUNK):
             p, t = list(prompts[lo:lo + CHUNK]), list(targets[lo:lo + CHUNK])
             n = len(p)
-            p, t = p + [p[-1]] * (CHUNK - n), t + [t[-1]] * (CHUNK - n)
+            rows = next(b for b in ROW_BUCKETS if b >= n)
+            p, t = p + [p[-1]] * (rows - n), t + [t[-1]] * (rows - n)
             batch = self.codec.edit_batch(p, t)
             mean_logp, pred, labels = (np.asarray(x)[:n] for x in self._run(params, batch))
             outs.append((np.exp(mean_logp), pred, labels != losses.IGNORE, labels))
@@ -57,15 +61,6 @@ class Scorer:
         pad = lambda x, fill: np.pad(x, [(0, 0), (0, width - x.shape[1])], constant_values=fill)
         return (np.concatenate([o[0] for o in outs]), np.concatenate([pad(o[1], 0) for o in outs]),
                 np.concatenate([pad(o[2], False) for o in outs]), np.concatenate([pad(o[3], losses.IGNORE) for o in outs]))
-
-
-def _flatten(cases: Sequence[CounterFactCase], field: str) -> Tuple[List[int], List[str]]:
-    owners, prompts = [], []
-    for i, case in enumerate(cases):
-        for prompt in getattr(case, field):
-            owners.append(i)
-            prompts.append(prompt)
-    return owners, prompts
 
 
 def _per_case(values: np.ndarray, owners: Sequence[int], n_cases: int) -> np.ndarray:
@@ -84,38 +79,63 @@ def _token_accuracy(pred, mask, labels) -> np.ndarray:
 SCORES = ("efficacy_score", "paraphrase_score", "neighborhood_score")
 
 
-def case_scores(scorer: Scorer, params, cases: Sequence[CounterFactCase], original_params) -> Dict[str, np.ndarray]:
-    """Every measure of the module docstring, per case (NaN where a case has no such prompt)."""
+def _rows(cases: Sequence[CounterFactCase], field: str) -> Tuple[List[int], List[str]]:
+    """(owner case, prompt) of every prompt of `field` ("rewrite" is the rewrite prompt itself)."""
+    owners, prompts = [], []
+    for i, case in enumerate(cases):
+        for prompt in [case.rewrite_prompt] if field == "rewrite" else getattr(case, field):
+            owners.append(i)
+            prompts.append(prompt)
+    return owners, prompts
+
+
+FIELDS = ("rewrite", "paraphrase_prompts", "neighborhood_prompts")
+
+
+def neighbor_reference(scorer: Scorer, original_params, cases: Sequence[CounterFactCase]) -> np.ndarray:
+    """The original model's argmax over target_true on every neighbourhood prompt (the labels of
+    neighbourhood token agreement), rows in case order."""
+    owners, prompts = _rows(cases, "neighborhood_prompts")
+    if not prompts:
+        return np.zeros((0, 0), np.int32)
+    return scorer(original_params, prompts, [cases[i].target_true for i in owners])[1]
+
+
+def case_scores(scorer: Scorer, params, cases: Sequence[CounterFactCase], reference: np.ndarray) -> Dict[str, np.ndarray]:
+    """Every measure of the module docstring, per case (NaN where a case has no such prompt).
+    `reference`: neighbor_reference of the same cases. Every prompt is scored with both
+    targets in one scorer call (one case's couple of dozen rows: one call, not seven)."""
     n = len(cases)
-    rewrite = [c.rewrite_prompt for c in cases]
-    new, true = [c.target_new for c in cases], [c.target_true for c in cases]
-    p_new, pred, mask, labels = scorer(params, rewrite, new)
-    p_true = scorer(params, rewrite, true)[0]
-    out = {"efficacy_score": (p_new > p_true).astype(float), "efficacy_magnitude": p_new - p_true,
-           "rewrite_token_acc": _token_accuracy(pred, mask, labels)}
-    nan = np.full(n, np.nan)
-    for key in ("paraphrase_score", "paraphrase_magnitude", "paraphrase_token_acc", "neighborhood_score",
-                "neighborhood_magnitude", "neighborhood_token_agreement"):
-        out[key] = nan.copy()
-
-    owners, prompts = _flatten(cases, "paraphrase_prompts")
-    if prompts:
-        q_new, pred, mask, labels = scorer(params, prompts, [new[i] for i in owners])
-        q_true = scorer(params, prompts, [true[i] for i in owners])[0]
-        out["paraphrase_score"] = _per_case((q_new > q_true).astype(float), owners, n)
-        out["paraphrase_magnitude"] = _per_case(q_new - q_true, owners, n)
-        out["paraphrase_token_acc"] = _per_case(_token_accuracy(pred, mask, labels), owners, n)
-
-    owners, prompts = _flatten(cases, "neighborhood_prompts")
-    if prompts:
-        r_true, pred, mask, _ = scorer(params, prompts, [true[i] for i in owners])
-        r_new = scorer(params, prompts, [new[i] for i in owners])[0]
-        reference = scorer(original_params, prompts, [true[i] for i in owners])[1]
-        agreement = _token_accuracy(pred, mask, reference)  # the original model's argmax as the labels
-        out["neighborhood_score"] = _per_case((r_true > r_new).astype(float), owners, n)
-        out["neighborhood_magnitude"] = _per_case(r_true - r_new, owners, n)
-        out["neighborhood_token_agreement"] = _per_case(agreement, owners, n)
+    rows = {field: _rows(cases, field) for field in FIELDS}
+    prompts = [p for field in FIELDS for p in rows[field][1]]
+    owner_of = [o for field in FIELDS for o in rows[field][0]]
+    p, pred, mask, labels = scorer(params, prompts * 2, [cases[o].target_new for o in owner_of] +
+                                   [cases[o].target_true for o in owner_of])
+    half = len(prompts)
+    out, lo = {}, 0
+    for field in FIELDS:
+        owners = rows[field][0]
+        hi = lo + len(owners)
+        new, true = slice(lo, hi), slice(half + lo, half + hi)
+        lo = hi
+        if field == "neighborhood_prompts":
+            keep, gain = (p[true] > p[new]).astype(float), p[true] - p[new]
+            agreement = _token_accuracy(pred[true], mask[true], _pad_to(reference, pred.shape[1]))
+            out.update(neighborhood_score=_per_case(keep, owners, n), neighborhood_magnitude=_per_case(gain, owners, n),
+                       neighborhood_token_agreement=_per_case(agreement, owners, n))
+            continue
+        name = "efficacy" if field == "rewrite" else "paraphrase"
+        accuracy = _token_accuracy(pred[new], mask[new], labels[new])
+        out.update({f"{name}_score": _per_case((p[new] > p[true]).astype(float), owners, n),
+                    f"{name}_magnitude": _per_case(p[new] - p[true], owners, n),
+                    f"{'rewrite' if field == 'rewrite' else 'paraphrase'}_token_acc": _per_case(accuracy, owners, n)})
     return out
+
+
+def _pad_to(labels: np.ndarray, width: int) -> np.ndarray:
+    if labels.size == 0:
+        return labels.reshape(0, width)
+    return np.pad(labels, [(0, 0), (0, max(0, width - labels.shape[1]))], constant_values=losses.IGNORE)[:, :width]
 
 
 def concat_case_scores(parts: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:

@@ -28,7 +28,8 @@ from mend_jax import config_checks, config_lib, editors, experiments, losses
 from mend_jax.editing import editor_files, outputs
 from mend_jax.data.counterfact import CounterFactCase
 from mend_jax.editing.codecs import make_codec
-from mend_jax.editing.counterfact_scores import Scorer, case_scores, concat_case_scores, summarize_case_scores
+from mend_jax.editing.counterfact_scores import (
+    Scorer, case_scores, concat_case_scores, neighbor_reference, summarize_case_scores)
 from mend_jax.editing.requests import EditInputError, EditRequests, check_positive_int, make_requests
 from mend_jax.editors.base import needs_training
 from mend_jax.editors.train_base import TrainableBase
@@ -59,6 +60,8 @@ class EditResult:
     params: Any = dataclasses.field(repr=False)  # the edited model (None for independent edits)
     # (rows, model) pairs: which edited model each edit was scored on.
     owners: List[Any] = dataclasses.field(default_factory=list, repr=False)
+    # edit_counterfact: each CounterFact measure per case, after the edits (NaN where a case has no such prompt).
+    case_scores: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_json(self) -> Dict[str, Any]:
         return {"metrics": self.metrics, "before": self.before, "after": self.after, "history": self.history}
@@ -98,6 +101,25 @@ class Editor:
         if params is None:
             params, stats = editor.init(jax.random.PRNGKey(config.seed), model.params)
         return cls(config, model, editor, params, stats, **kwargs)
+
+    @classmethod
+    def for_model(cls, name_or_path: str, alg: str = "ft", inner_params: Optional[Sequence[str]] = None,
+                  **kwargs) -> "Editor":
+        """An editor that needs no training (FT) for a causal LM: a checkpoint directory, hub name or GGUF
+        file. `inner_params`: the matrices FT may change (default: the MLP matrices of the last 3 layers)."""
+        if alg != "ft":
+            raise EditInputError(f"Editor.for_model edits with alg='ft' only: {alg!r} must be meta-trained first "
+                                 "(python -m mend_jax.train), then applied with Editor.from_run")
+        config = config_lib.base_config()
+        config.task, config.alg = "gen", alg
+        config.model.name = config.model.tokenizer = name_or_path
+        config.model.pad_token_fix = True  # GPT-2-style tokenizers have no pad token
+        config.model.inner_params = tuple(inner_params) if inner_params else ()
+        if not config.model.inner_params:
+            from mend_jax import models
+
+            config.model.inner_params = tuple(models.last_mlp_matrices(name_or_path))
+        return cls.from_config(config, **kwargs)
 
     @classmethod
     def load(cls, directory: str, **kwargs) -> "Editor":
@@ -247,9 +269,13 @@ class Editor:
             where="CounterFact cases")  # locality: the neighbourhood scores, per case
         result = self.apply(requests, sequential=sequential, batch_size=batch_size, independent=independent)
         scorer = Scorer(self.codec, self.model.target)
-        before = case_scores(scorer, self.original, cases, self.original)
-        after = concat_case_scores([case_scores(scorer, params, cases[rows], self.original)
+        reference = neighbor_reference(scorer, self.original, cases)
+        before = case_scores(scorer, self.original, cases, reference)
+        starts = np.cumsum([0] + [len(c.neighborhood_prompts) for c in cases])  # each case's reference rows
+        after = concat_case_scores([case_scores(scorer, params, cases[rows],
+                                                reference[starts[rows.start]:starts[rows.stop]])
                                     for rows, params in result.owners])
+        result.case_scores = after
         result.metrics.update(summarize_case_scores(after))
         result.metrics.update({f"{k}_before": v for k, v in summarize_case_scores(before).items()})
         return result

@@ -5,7 +5,9 @@ from mend_jax.models.api import (
     init_params,
     inner_in_float32,
     inner_param_paths,
+    last_mlp_matrices,
     load_pretrained,
+    load_tokenizer,
     save_pretrained,
 )
 from mend_jax.models.checkpoint_io import CheckpointError
@@ -23,6 +25,8 @@ __all__ = [
     "inner_factors",
     "inner_param_paths",
     "known_model_types",
+    "last_mlp_matrices",
     "load_pretrained",
+    "load_tokenizer",
     "save_pretrained",
 ]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mend_jax.models import convert, hub
+from mend_jax.models import convert, gguf_io, hub
 from mend_jax.models.checkpoint_io import CheckpointError, read_state_dict, write_safetensors
 from mend_jax.models.layers import check_remat
 from mend_jax.models.registry import Family, dummy_inputs, get_family
@@ -58,20 +58,55 @@ def param_shapes(module: nn.Module) -> Dict:
 def load_pretrained(
     name_or_path: str, dtype=jnp.float32, param_dtype=None, remat: str = "none"
 ) -> Tuple[nn.Module, Dict]:
-    """Loads a Hugging Face checkpoint (local directory or hub name) as (module, params).
+    """Loads a Hugging Face checkpoint (local directory or hub name) or a GGUF file as (module, params).
 
     Reads model.safetensors (sharded too), flax_model.msgpack, or pytorch_model.bin
-    (with torch, weights_only=True). The architecture comes from config.json.
+    (with torch, weights_only=True), with the architecture from config.json; or a `.gguf`
+    file (or a directory holding one), dequantised to float32 (gguf_io.py).
     """
-    directory = hub.resolve(name_or_path)
-    family, hf_config = read_config(directory)
+    gguf_path = gguf_io.find(name_or_path)
+    if gguf_path is not None:
+        hf_config, state = gguf_io.read_checkpoint(gguf_path)
+        family = get_family(hf_config.model_type)
+    else:
+        directory = hub.resolve(name_or_path)
+        family, hf_config = read_config(directory)
+        state = read_state_dict(directory)
     module = build_module(hf_config, dtype, param_dtype, remat)
-    state = read_state_dict(directory)
     shapes = param_shapes(module)
     needs_init = any(family.optional(n) and n not in state for n in convert.torch_names(shapes))
     fresh = init_params(module, jax.random.PRNGKey(0)) if needs_init else None
     params = convert.state_dict_to_params(family, state, shapes, fresh)
     return module, jax.tree_util.tree_map(jnp.asarray, params)
+
+
+def last_mlp_matrices(name_or_path: str, n_layers: int = 3) -> List[str]:
+    """The PyTorch names of the MLP weight matrices of a decoder's last `n_layers` blocks (what
+    MEND and FT edit by default), read from the checkpoint's config alone."""
+    import re
+
+    gguf_path = gguf_io.find(name_or_path)
+    hf_config = gguf_io.hf_config(gguf_path) if gguf_path else read_config(hub.resolve(name_or_path))[1]
+    names = convert.torch_names(param_shapes(build_module(hf_config)))
+    blocks = {}
+    for name in names:
+        found = re.search(r"\.(\d+)\.mlp\.[^.]+\.weight$", name)
+        if found:
+            blocks.setdefault(int(found.group(1)), []).append(name)
+    if not blocks:
+        raise CheckpointError(f"{name_or_path}: no MLP weight matrices named like 'LAYER.N.mlp.X.weight'; name the "
+                              "matrices to edit (inner_params)")
+    return [n for i in sorted(blocks)[-n_layers:] for n in sorted(blocks[i])]
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a checkpoint directory, hub name or GGUF file (transformers' fast tokenizer)."""
+    import transformers
+
+    gguf_path = gguf_io.find(name_or_path)
+    if gguf_path is not None:
+        return gguf_io.tokenizer(gguf_path)
+    return transformers.AutoTokenizer.from_pretrained(name_or_path)
 
 
 def save_pretrained(module: nn.Module, params: Dict, out_dir: str) -> None:

