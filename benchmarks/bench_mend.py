@@ -1,14 +1,20 @@
-"""Editor speed, FLOP utilisation and memory on the paper's model shapes, with random weights.
+"""Editor speed, FLOP utilisation and memory on the paper's model shapes, with random weights,
+or on a local checkpoint with its own weights.
 
   python benchmarks/bench_mend.py [--models distilgpt2] [--algs mend] [--steps 10] [--rounds 2]
   python benchmarks/bench_mend.py --models distilgpt2,t5-small,bart-base,bert-base --algs mend,enn,efk
   python benchmarks/bench_mend.py --profile          # where the step's time goes, by op kind
+  python benchmarks/bench_mend.py --models smollm2-135m  # SmolLM2-135M's shape (configs/gen.py:smollm2-135m)
+  python benchmarks/bench_mend.py --models PATH      # a checkpoint directory or .gguf file, its own weights
 
 Models and inner params are those of configs/gen.py:distilgpt2, configs/qa.py:t5-small
 and :bart-base, and configs/fc.py:bert-base (any model of mend_jax/models/architectures.py).
 Batch shapes follow the reference: 1 edit plus 1 locality example (gen: an edit of 30 tokens
 and a passage of 200; qa: questions of 32 tokens and answers of 8; fc: claims of 32 tokens).
 The editor's config is the reference's (config_lib.base_config and the alg's defaults).
+A local checkpoint (a directory models.load_pretrained reads, or a GGUF file) is benchmarked
+with its own weights, as a decoder with the gen batch, editing its last three MLP blocks
+(models.last_mlp_matrices), the default of mend_jax.edit --model.
 
 Per model and algorithm, measured in one process (several rows run one process each, so that
 each row's peak RSS is its own), timings as medians over `--rounds` alternating rounds of
@@ -100,17 +106,31 @@ def batch_spec(model: str):
     return BART_BATCH if model.startswith("bart") else TASK_BATCHES[ARCHITECTURES[model].experiment]
 
 
+def is_checkpoint(model: str) -> bool:
+    """Whether `model` names a local checkpoint (a directory or file) rather than an architecture."""
+    return model not in ARCHITECTURES and os.path.exists(model)
+
+
 def build(model: str, dtype=jnp.float32, abstract: bool = False, remat: str = "none"):
     """(EditTarget, parameters, one meta-training batch) of `model`'s shape and inner params.
-    The parameters are random, or with `abstract` only their shapes (nothing is allocated)."""
-    arch = ARCHITECTURES[model]
-    make_batch, edit_shape, loc_shape, shift = batch_spec(model)
-    hf_config = arch.make_config()
-    inner = list(common.load_config(arch.experiment, arch.arg).model.inner_params)
-    module = models.build_module(hf_config, dtype=dtype, remat=remat)
-    params = models.api.param_shapes(module)
-    if not abstract:
-        params = random_params(params)
+    The parameters are random, or with `abstract` only their shapes (nothing is allocated); a
+    local checkpoint's are its own."""
+    if is_checkpoint(model):
+        make_batch, edit_shape, loc_shape, shift = TASK_BATCHES["gen"]
+        inner = models.last_mlp_matrices(model)
+        module, params = models.load_pretrained(model, dtype=dtype, remat=remat)
+        hf_config = module.config
+        if abstract:
+            params = jax.eval_shape(lambda: params)
+    else:
+        arch = ARCHITECTURES[model]
+        make_batch, edit_shape, loc_shape, shift = batch_spec(model)
+        hf_config = arch.make_config()
+        inner = list(common.load_config(arch.experiment, arch.arg).model.inner_params)
+        module = models.build_module(hf_config, dtype=dtype, remat=remat)
+        params = models.api.param_shapes(module)
+        if not abstract:
+            params = random_params(params)
     target = EditTarget(module, tuple(models.inner_param_paths(module, params, inner)), tuple(inner), shift)
     params = models.inner_in_float32(params, target.inner_paths)  # as experiments.py loads a bf16 model
     rng = np.random.default_rng(0)
@@ -369,7 +389,8 @@ def print_table(rows) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="distilgpt2", help=f"comma-separated, of {', '.join(MODELS)}")
+    ap.add_argument("--models", default="distilgpt2",
+                    help=f"comma-separated, of {', '.join(MODELS)}, or paths of local checkpoints")
     ap.add_argument("--algs", default="mend", help=f"comma-separated, of {', '.join(ALGS)}")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
@@ -390,8 +411,8 @@ def main():
         ap.error("--host_memory lean needs glibc's malloc (Linux)")
     combos = [(m, a) for m in args.models.split(",") for a in args.algs.split(",")]
     for model, alg in combos:
-        if model not in ARCHITECTURES or alg not in ALGS:
-            ap.error(f"unknown model {model!r} or alg {alg!r}")
+        if not (model in ARCHITECTURES or is_checkpoint(model)) or alg not in ALGS:
+            ap.error(f"unknown model {model!r} (neither an architecture nor a local checkpoint) or alg {alg!r}")
     if len(combos) == 1:
         row = measure(*combos[0], args.dtype, args.steps, args.rounds, args.set, args.profile, args.peak_tflops)
         row["host_memory"], row["huge_pages"] = args.host_memory, huge_pages

