@@ -160,14 +160,7 @@ def bench_config(alg: str, overrides=()):
     """The reference's config for `alg`, with `KEY=VALUE` overrides (values parsed as JSON when they can be)."""
     config = config_lib.base_config()
     config.alg = alg
-    values = {}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        try:
-            values[key] = json.loads(value)
-        except json.JSONDecodeError:
-            values[key] = value
-    return config_lib.apply_alg_defaults(common.override(config, values))
+    return config_lib.apply_alg_defaults(common.override(config, common.parse_overrides(overrides)))
 
 
 def medians(fns: dict, steps: int, rounds: int) -> dict:

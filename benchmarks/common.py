@@ -1,4 +1,5 @@
 """What the benchmark scripts share: loading an experiment config and applying overrides."""
+import json
 import os
 
 from mend_jax import config_lib
@@ -22,6 +23,18 @@ def override(config, values: dict):
             raise KeyError(f"unknown config key {key!r}")
         node[leaf] = value
     return config
+
+
+def parse_overrides(items) -> dict:
+    """`KEY=VALUE` strings (the scripts' --set) as {key: value}, values parsed as JSON when they can be."""
+    values = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            values[key] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key] = value
+    return values
 
 
 def shorten(config, max_iters):

@@ -11,7 +11,6 @@ apart; the table gives, per eval_chunk, the wall time for N edits and the second
 """
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 
@@ -32,14 +31,7 @@ def main():
 
     experiment, _, arg = args.config.partition(":")
     config = common.load_config(experiment, arg or None)
-    values = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            values[key] = json.loads(value)
-        except json.JSONDecodeError:
-            values[key] = value
-    config = config_lib.apply_alg_defaults(common.override(config, values))
+    config = config_lib.apply_alg_defaults(common.override(config, common.parse_overrides(args.set)))
     exp = experiments.build(config)
     exp = dataclasses.replace(exp, val_data=exp.train_data)  # enough cases; the same kind of batches
     n = min(args.edits // config.data.n_edits, exp.val_data.n_eval_batches)
