@@ -68,7 +68,8 @@ COLUMNS = (("ES", "efficacy_score"), ("PS", "paraphrase_score"), ("NS", "neighbo
            ("NS same obj.", "neighborhood_score_same_object"), ("S", "score"), ("EM", "efficacy_magnitude"),
            ("PM", "paraphrase_magnitude"), ("NM", "neighborhood_magnitude"), ("rewrite_acc", "rewrite_token_acc"),
            ("rephrase_acc", "paraphrase_token_acc"), ("locality", "neighborhood_token_agreement"),
-           ("fluency", "fluency"), ("ppl drawdown", "ppl_drawdown"), ("s / edit", "time_edit_and_score_s"))
+           ("fluency before", "fluency_before"), ("fluency", "fluency"), ("ppl drawdown", "ppl_drawdown"),
+           ("s / edit", "time_edit_and_score_s"))
 
 
 def table(rows):
@@ -125,12 +126,17 @@ def main():
         print(f"{name}: {len(cases)} {args.split} cases", flush=True)
         rows.append((name, evaluate(name, editor, cases, raw, args, samples)))
         print(table(rows[-1:]), flush=True)
+        write_json(args.out, {"split": args.split, "cases": len(cases), "splits": split_dir, "samples": samples,
+                              "editors": dict(rows)})  # after each editor: a long run keeps what it measured
     print(f"\n{args.split} split of {split_dir}: {len(cases)} cases, k = 1, each edit on the original model\n")
     print(table(rows))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"split": args.split, "cases": len(cases), "splits": split_dir, "samples": samples,
-                   "editors": dict(rows)}, f, indent=1)
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".partial", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".partial", path)
 
 
 if __name__ == "__main__":
