@@ -6,7 +6,7 @@
 Validation's cost does not depend on what the editor has learned, so a freshly initialised
 editor is timed (the config's alg, MEND by default). The edits are the training split's, scored
 as validation scores its own: the same prompts, length buckets and batches (real facts hold 65
-validation cases, fewer than the 500 the goal names). The first call (compilation) is timed
+validation cases, fewer than 500). The first call (compilation) is timed
 apart; the table gives, per eval_chunk, the wall time for N edits and the seconds per edit.
 """
 import argparse
