@@ -101,6 +101,7 @@ def main():
     args = ap.parse_args()
 
     from mend_jax import Editor, experiments
+    from mend_jax.data.io import write_json_atomically
 
     editors = [(name, lambda path=path: Editor.from_run(path, max_new_tokens=2))
                for name, path in (r.split("=", 1) for r in args.run)]
@@ -126,17 +127,11 @@ def main():
         print(f"{name}: {len(cases)} {args.split} cases", flush=True)
         rows.append((name, evaluate(name, editor, cases, raw, args, samples)))
         print(table(rows[-1:]), flush=True)
-        write_json(args.out, {"split": args.split, "cases": len(cases), "splits": split_dir, "samples": samples,
-                              "editors": dict(rows)})  # after each editor: a long run keeps what it measured
+        write_json_atomically(args.out, {"split": args.split, "cases": len(cases), "splits": split_dir, "samples": samples,
+                              "editors": dict(rows)}, indent=1)  # after each editor: a long run keeps what it measured
     print(f"\n{args.split} split of {split_dir}: {len(cases)} cases, k = 1, each edit on the original model\n")
     print(table(rows))
 
-
-def write_json(path, obj):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".partial", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".partial", path)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ any other directory is refused. Input and output locations are checked before an
 edited, and files are written only once everything succeeded.
 """
 import argparse
-import json
 import os
 import sys
 import textwrap
 import warnings
 
+from mend_jax.data.io import write_json_atomically
 from mend_jax.editing.outputs import METRICS_FILE
 
 
@@ -110,18 +110,6 @@ def summary(metrics) -> str:
     return "; ".join(parts)
 
 
-def _write_json_atomically(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _check_metrics_path(path: str) -> None:
     from mend_jax.editing.outputs import OutputError, check_writable
 
@@ -192,7 +180,7 @@ def main(argv=None) -> int:
             print(f"edited model and metrics: {os.path.abspath(args.out)}")
         elif args.run:
             metrics_path = os.path.join(args.run, "edits", METRICS_FILE)
-            _write_json_atomically(metrics_path, result.to_json())
+            write_json_atomically(metrics_path, result.to_json(), indent=1)
             print(f"metrics: {os.path.abspath(metrics_path)}")
         else:
             print("metrics and the edited model are not saved: pass --out DIR to keep them")

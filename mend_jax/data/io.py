@@ -1,4 +1,4 @@
-"""Reading data files with errors that name the file and say what to do."""
+"""Reading data files with errors that name the file and say what to do, and writing JSON whole."""
 import itertools
 import json
 import os
@@ -62,3 +62,18 @@ def read_lines(path: str, hint: str, pct: float = 100.0) -> List[str]:
     # Undecodable bytes become U+FFFD, which the ASCII filter then drops.
     with open(path, encoding="utf-8", errors="replace") as f:
         return list(itertools.islice(f, n_keep))
+
+
+def write_json_atomically(path: str, obj: Any, **dump_kwargs) -> None:
+    """`obj` as JSON at `path`, whole or not at all (a reader never sees half a file): written to a
+    temporary file beside it (os.replace stays on one file system), which a failure removes."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, **dump_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
-import json
 import os
 import random
 import re
@@ -41,7 +40,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 import numpy as np
 
 from mend_jax.data.counterfact import CounterFactCase, parse_case, to_json
-from mend_jax.data.io import DataFormatError, DataNotFoundError
+from mend_jax.data.io import DataFormatError, DataNotFoundError, write_json_atomically
 
 VERSION = 1  # bump when the cases change for the same tables and arguments
 SPLITS = ("train", "valid", "test")
@@ -372,19 +371,6 @@ def filter_known(cases: Sequence[dict], knows: Callable[[List[str], List[str]], 
 
 # --- writing ------------------------------------------------------------------------------------------
 
-def _write_json(path: str, data: Any) -> None:
-    """Whole or not at all: a reader never sees half a file."""
-    tmp = f"{path}.{os.getpid()}.tmp"  # beside the file (os.replace stays on one file system), umask's mode
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _installed(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -418,13 +404,13 @@ def write_splits(directory: str, splits: Dict[str, List[dict]], counts: Dict[str
             parse_case(case, f"{name} case {i}")  # a bad case fails here, before any file changes
     os.makedirs(directory, exist_ok=True)
     for name in SPLITS:
-        _write_json(os.path.join(directory, f"{name}.json"), splits[name])
-    _write_json(os.path.join(directory, "facts.json"), {
+        write_json_atomically(os.path.join(directory, f"{name}.json"), splits[name], ensure_ascii=False, indent=1)
+    write_json_atomically(os.path.join(directory, "facts.json"), {
         "version": VERSION,
         "counts": {r: {"kept": k, "total": n} for r, (k, n) in counts.items()},
         "sources": sources(counts),
         **meta,
-    })
+    }, ensure_ascii=False, indent=1)
 
 
 def _know_all(prompts: List[str], objects: List[str]) -> np.ndarray:
