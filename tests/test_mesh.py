@@ -104,9 +104,10 @@ def test_the_cli_rejects_a_mesh_the_devices_cannot_hold(tmp_path):
 # ----- on 8 simulated devices ------------------------------------------------------------
 
 def test_sharded_step_equals_sequential_steps_gpt2_mend():
-    """MEND's statistics make each batch of a window depend on the ones before it."""
-    out = finish(run_case("equivalence", "gpt2", "mend", "2x4,8x1"))
-    assert "gpt2 mend mesh 2x4: equal" in out and "gpt2 mend mesh 8x1: equal" in out
+    """MEND's statistics make each batch of a window depend on the ones before it. CI runs the
+    2 x 4 mesh, which shards over both axes; the slow test below runs every mesh."""
+    out = finish(run_case("equivalence", "gpt2", "mend", "2x4"))
+    assert "gpt2 mend mesh 2x4: equal" in out
 
 
 def test_fsdp_holds_a_shard_of_each_leaf_per_device_in_the_compiled_step():

@@ -22,6 +22,7 @@ from mend_jax.data.fever import NEGATIVE, POSITIVE
 from mend_jax.data.kilt import condition_string, encode
 from mend_jax.editing.requests import EditInputError
 from mend_jax.experiments import TaskModel, max_positions
+from mend_jax.models import decoding
 
 WIDTH_STEP = 16
 
@@ -84,20 +85,8 @@ class CausalLMCodec:
 
 
 def _greedy_causal(module, n_new: int):
-    @jax.jit
-    def run(params, ids, lengths):
-        rows, positions = jnp.arange(ids.shape[0]), jnp.arange(ids.shape[1])
-
-        def step(i, ids):
-            end = lengths + i  # where the next token goes
-            mask = (positions[None, :] < end[:, None]).astype(jnp.int32)
-            logits = module.apply({"params": params}, input_ids=ids, attention_mask=mask)
-            return ids.at[rows, end].set(jnp.argmax(logits[rows, end - 1], axis=-1).astype(ids.dtype))
-
-        ids = jax.lax.fori_loop(0, n_new, step, ids)
-        return ids[rows[:, None], lengths[:, None] + jnp.arange(n_new)[None, :]]
-
-    return run
+    return jax.jit(lambda params, ids, lengths: decoding.decode(module, params, ids, lengths, n_new, decoding.greedy,
+                                                                jax.random.PRNGKey(0)))
 
 
 class Seq2SeqCodec:

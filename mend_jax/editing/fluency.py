@@ -1,6 +1,7 @@
 """Generation fluency and the perplexity of a model's own samples, before and after an edit.
 
-* `sample(...)`: top-k sampling from a causal LM, jitted, from a fixed key (reproducible).
+* `Generator`: top-k samples from a causal LM, jitted, from a fixed key (reproducible), decoded with
+  a key/value cache (models/decoding.py).
 * `ngram_entropy(text)`: ROME's generation entropy (Meng et al. 2022, its `compute_n_gram_entropy`):
   the entropy, in bits, of the text's word bigram and trigram frequencies, weighted 2/3 and 4/3 and
   averaged. A model that repeats itself after an edit scores lower. ROME reports it x100 over
@@ -19,6 +20,7 @@ import numpy as np
 
 from mend_jax import losses
 from mend_jax.data.batching import pad_right
+from mend_jax.models import decoding
 
 WORDS = re.compile(r"\w+|[^\w\s]")
 WEIGHTS = {2: 2 / 3, 3: 4 / 3}
@@ -37,27 +39,6 @@ def ngram_entropy(text: str) -> float:
     return float(np.mean(values))
 
 
-def _sampler(module, n_new: int, top_k: int):
-    @jax.jit
-    def run(params, ids, lengths, key):
-        rows, positions = jnp.arange(ids.shape[0]), jnp.arange(ids.shape[1])
-
-        def step(i, carry):
-            ids, key = carry
-            key, sub = jax.random.split(key)
-            end = lengths + i
-            mask = (positions[None, :] < end[:, None]).astype(jnp.int32)
-            logits = module.apply({"params": params}, input_ids=ids, attention_mask=mask)[rows, end - 1]
-            top, index = jax.lax.top_k(logits.astype(jnp.float32), top_k)
-            choice = jax.random.categorical(sub, top, axis=-1)
-            return ids.at[rows, end].set(index[rows, choice].astype(ids.dtype)), key
-
-        ids, _ = jax.lax.fori_loop(0, n_new, step, (ids, key))
-        return ids[rows[:, None], lengths[:, None] + jnp.arange(n_new)[None, :]]
-
-    return run
-
-
 ROW_BUCKETS = (2, 8, 32)  # a call's rows are padded to the smallest that holds them (larger: in pieces of 32)
 
 
@@ -67,7 +48,8 @@ class Generator:
 
     def __init__(self, module, tokenizer, n_new: int, top_k: int = 5, seed: int = 0):
         self.tokenizer, self.n_new, self.seed = tokenizer, n_new, seed
-        self._run = _sampler(module, n_new, top_k)
+        self._run = jax.jit(lambda params, ids, lengths, key: decoding.decode(
+            module, params, ids, lengths, n_new, decoding.top_k(top_k), key))
 
     def __call__(self, params, prompts: Sequence[str]) -> List[str]:
         if len(prompts) > ROW_BUCKETS[-1]:

@@ -1,4 +1,5 @@
-"""Scaled dot-product attention shared by every family."""
+"""Scaled dot-product attention shared by every family, and the key/value cache of incremental
+decoding (models/decoding.py)."""
 from typing import Optional
 
 import flax.linen as nn
@@ -58,3 +59,28 @@ def local_causal(length: int, window: int) -> jax.Array:
     local layers, Mistral's and Qwen2's sliding window)."""
     q, k = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
     return ((k <= q) & (q - k < window))[None, None]
+
+
+CACHE = "cache"  # the variable collection of the key/value cache
+
+
+def cached(module: nn.Module, k: jax.Array, v: jax.Array, positions: jax.Array, window: Optional[int] = None):
+    """(keys, values, mask) for a decoding step: this call's `k` and `v` (batch, t, heads, head_dim)
+    are written into `module`'s cache at each row's `positions` (batch, t), and each query attends to
+    every cached key at or before its own position (the last `window` of them, where set).
+
+    The first call (the prompt) creates the cache at its own width, which is every position the
+    decoding will write. Rows are contiguous from position 0 (right padding): slots past a row's
+    tokens hold stale entries that no query reaches before the row's own token overwrites them.
+    """
+    rows = jnp.arange(k.shape[0])[:, None]
+    keys = module.variable(CACHE, "key", jnp.zeros, k.shape, k.dtype)
+    values = module.variable(CACHE, "value", jnp.zeros, v.shape, v.dtype)
+    keys.value = keys.value.at[rows, positions].set(k)
+    values.value = values.value.at[rows, positions].set(v)
+    slots = jnp.arange(keys.value.shape[1])[None, None, None, :]
+    query = positions[:, None, :, None]
+    mask = slots <= query
+    if window is not None:
+        mask = mask & (query - slots < window)
+    return keys.value, values.value, mask

@@ -18,12 +18,14 @@ Dtype = Any
 
 class GPT2Attention(ModelPart):
     @nn.compact
-    def __call__(self, h, mask, deterministic):
+    def __call__(self, h, mask, deterministic, cache_positions=None):
         cfg = self.config
         d = cfg.n_embd
         dense = lambda n, name: EditableDense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         q, k, v = jnp.split(dense(3 * d, "c_attn")(h), 3, axis=-1)
         q, k, v = (attention.split_heads(t, cfg.n_head) for t in (q, k, v))
+        if cache_positions is not None:
+            k, v, mask = attention.cached(self, k, v, cache_positions)
         scale = (d // cfg.n_head) ** -0.5 if cfg.scale_attn_weights else 1.0
         out = attention.attend(
             q, k, v, mask, scale=scale,
@@ -35,11 +37,11 @@ class GPT2Attention(ModelPart):
 
 class GPT2Block(ModelPart):
     @nn.compact
-    def __call__(self, h, mask, deterministic):
+    def __call__(self, h, mask, deterministic, cache_positions=None):
         eps = self.config.layer_norm_epsilon
         kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
         ln = lambda name: nn.LayerNorm(eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        h = h + GPT2Attention(**kw, name="attn")(ln("ln_1")(h), mask, deterministic)
+        h = h + GPT2Attention(**kw, name="attn")(ln("ln_1")(h), mask, deterministic, cache_positions)
         cfg = self.config
         mlp = FeedForward(cfg.n_inner or 4 * cfg.n_embd, cfg.n_embd, cfg.activation_function, cfg.resid_pdrop,
                           ("c_fc", "c_proj"), self.dtype, self.param_dtype, name="mlp")
@@ -56,14 +58,16 @@ class GPT2Transformer(ModelPart):
                                 remat=self.remat)
         self.ln_f = nn.LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def __call__(self, input_ids, attention_mask, deterministic):
+    def __call__(self, input_ids, attention_mask, deterministic, cache_positions=None):
         length = input_ids.shape[1]
-        positions = jnp.arange(length)[None, :]
+        positions = jnp.arange(length)[None, :] if cache_positions is None else cache_positions
         h = self.drop(self.wte(input_ids) + self.wpe(positions), deterministic=deterministic)
-        mask = attention.causal(length)
-        if attention_mask is not None:
-            mask = mask & attention.padding_mask(attention_mask)
-        return self.ln_f(self.h(h, mask, deterministic))
+        mask = None  # decoding: attention.cached builds it
+        if cache_positions is None:
+            mask = attention.causal(length)
+            if attention_mask is not None:
+                mask = mask & attention.padding_mask(attention_mask)
+        return self.ln_f(self.h(h, mask, deterministic, cache_positions))
 
     def attend(self, h):
         return self.wte.attend(h)

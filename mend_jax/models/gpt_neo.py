@@ -22,13 +22,15 @@ ATTENTION_TYPES = ("global", "local")
 
 class GPTNeoSelfAttention(ModelPart):
     @nn.compact
-    def __call__(self, h, mask, deterministic):
+    def __call__(self, h, mask, deterministic, cache_positions=None, window=None):
         cfg = self.config
         d = cfg.hidden_size
         dense = lambda name, bias: EditableDense(
             d, use_bias=bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name
         )
         q, k, v = (attention.split_heads(dense(n, False)(h), cfg.num_heads) for n in ("q_proj", "k_proj", "v_proj"))
+        if cache_positions is not None:
+            k, v, mask = attention.cached(self, k, v, cache_positions, window)
         # transformers computes these unscaled scores from float32 q and k, whatever the model's dtype.
         out = attention.attend(
             q.astype(jnp.float32), k.astype(jnp.float32), v, mask, scale=1.0,
@@ -40,20 +42,23 @@ class GPTNeoSelfAttention(ModelPart):
 
 class GPTNeoAttention(ModelPart):
     @nn.compact
-    def __call__(self, h, mask, deterministic):
-        return GPTNeoSelfAttention(self.config, self.dtype, self.param_dtype, name="attention")(h, mask, deterministic)
+    def __call__(self, h, mask, deterministic, cache_positions=None, window=None):
+        return GPTNeoSelfAttention(self.config, self.dtype, self.param_dtype, name="attention")(
+            h, mask, deterministic, cache_positions, window)
 
 
 class GPTNeoBlock(ModelPart):
     attention_type: str
 
     @nn.compact
-    def __call__(self, h, global_mask, local_mask, deterministic):
+    def __call__(self, h, global_mask, local_mask, deterministic, cache_positions=None):
         eps = self.config.layer_norm_epsilon
         kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
         ln = lambda name: nn.LayerNorm(eps, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        mask = local_mask if self.attention_type == "local" else global_mask
-        h = h + GPTNeoAttention(**kw, name="attn")(ln("ln_1")(h), mask, deterministic)
+        local = self.attention_type == "local"
+        mask = local_mask if local else global_mask
+        window = self.config.window_size if local else None
+        h = h + GPTNeoAttention(**kw, name="attn")(ln("ln_1")(h), mask, deterministic, cache_positions, window)
         cfg = self.config
         mlp = FeedForward(cfg.intermediate_size or 4 * cfg.hidden_size, cfg.hidden_size, cfg.activation_function,
                           cfg.resid_dropout, ("c_fc", "c_proj"), self.dtype, self.param_dtype, name="mlp")
@@ -76,15 +81,18 @@ class GPTNeoTransformer(ModelPart):
         )
         self.ln_f = nn.LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def __call__(self, input_ids, attention_mask, deterministic):
+    def __call__(self, input_ids, attention_mask, deterministic, cache_positions=None):
         length = input_ids.shape[1]
-        positions = jnp.arange(length)[None, :]
+        positions = jnp.arange(length)[None, :] if cache_positions is None else cache_positions
         h = self.drop(self.wte(input_ids) + self.wpe(positions), deterministic=deterministic)
-        global_mask, local_mask = attention.causal(length), attention.local_causal(length, self.config.window_size)
-        if attention_mask is not None:
-            padding = attention.padding_mask(attention_mask)
-            global_mask, local_mask = global_mask & padding, local_mask & padding
-        return self.ln_f(self.h(h, global_mask, local_mask, deterministic))
+        global_mask = local_mask = None  # decoding: attention.cached builds them
+        if cache_positions is None:
+            global_mask = attention.causal(length)
+            local_mask = attention.local_causal(length, self.config.window_size)
+            if attention_mask is not None:
+                padding = attention.padding_mask(attention_mask)
+                global_mask, local_mask = global_mask & padding, local_mask & padding
+        return self.ln_f(self.h(h, global_mask, local_mask, deterministic, cache_positions))
 
     def attend(self, h):
         return self.wte.attend(h)

@@ -31,7 +31,7 @@ def rotary_dim(cfg) -> int:
 
 class GPTJAttention(ModelPart):
     @nn.compact
-    def __call__(self, h, positions, mask, deterministic):
+    def __call__(self, h, positions, mask, deterministic, decode=False):
         cfg = self.config
         d = cfg.n_embd
         dense = lambda name: EditableDense(d, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
@@ -41,9 +41,12 @@ class GPTJAttention(ModelPart):
         rotate = lambda t: jnp.concatenate(
             [rotary.apply(t[..., :r], positions, inv_freq, interleaved=True), t[..., r:]], axis=-1
         )
+        q, k = rotate(q), rotate(k)
+        if decode:
+            k, v, mask = attention.cached(self, k, v, positions)
         # transformers computes the scores from float32 q and k, whatever the model's dtype.
         out = attention.attend(
-            rotate(q).astype(jnp.float32), rotate(k).astype(jnp.float32), v, mask,
+            q.astype(jnp.float32), k.astype(jnp.float32), v, mask,
             scale=(d // cfg.n_head) ** -0.5, dropout=nn.Dropout(cfg.attn_pdrop), deterministic=deterministic,
         )
         out = dense("out_proj")(attention.merge_heads(out))
@@ -52,11 +55,11 @@ class GPTJAttention(ModelPart):
 
 class GPTJBlock(ModelPart):
     @nn.compact
-    def __call__(self, h, positions, mask, deterministic):
+    def __call__(self, h, positions, mask, deterministic, decode=False):
         kw = dict(config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
         normed = nn.LayerNorm(self.config.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
                               name="ln_1")(h)
-        attn = GPTJAttention(**kw, name="attn")(normed, positions, mask, deterministic)
+        attn = GPTJAttention(**kw, name="attn")(normed, positions, mask, deterministic, decode)
         cfg = self.config
         mlp = FeedForward(cfg.n_inner or 4 * cfg.n_embd, cfg.n_embd, cfg.activation_function, cfg.resid_pdrop,
                           ("fc_in", "fc_out"), self.dtype, self.param_dtype, name="mlp")
@@ -72,14 +75,17 @@ class GPTJTransformer(ModelPart):
                                 remat=self.remat)
         self.ln_f = nn.LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def __call__(self, input_ids, attention_mask, deterministic):
+    def __call__(self, input_ids, attention_mask, deterministic, cache_positions=None):
         length = input_ids.shape[1]
-        positions = jnp.arange(length)[None, :]
+        decode = cache_positions is not None
+        positions = cache_positions if decode else jnp.arange(length)[None, :]
         h = self.drop(self.wte(input_ids), deterministic=deterministic)
-        mask = attention.causal(length)
-        if attention_mask is not None:
-            mask = mask & attention.padding_mask(attention_mask)
-        return self.ln_f(self.h(h, positions, mask, deterministic))
+        mask = None  # decoding: attention.cached builds it
+        if not decode:
+            mask = attention.causal(length)
+            if attention_mask is not None:
+                mask = mask & attention.padding_mask(attention_mask)
+        return self.ln_f(self.h(h, positions, mask, deterministic, decode))
 
 
 class GPTJForCausalLM(CausalLM):

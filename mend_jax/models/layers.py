@@ -151,9 +151,14 @@ class CausalLM(ModelPart):
     """A decoder-only LM: ids (batch, seq) -> logits (batch, seq, vocab).
 
     Subclasses name their `backbone` (a ModelPart mapping (input_ids, attention_mask,
-    deterministic) to hidden states, with `attend` for a tied head) and where it sits in the
-    tree; `lm_head_bias` is None for a head tied to the token embedding, else whether the
+    deterministic, cache_positions) to hidden states, with `attend` for a tied head) and where it sits
+    in the tree; `lm_head_bias` is None for a head tied to the token embedding, else whether the
     untied `lm_head` has a bias.
+
+    With `cache_positions` (batch, seq), the absolute positions of `input_ids`, the model decodes
+    incrementally: applied with the "cache" collection mutable, each attention layer keeps the
+    keys and values it has seen (attention.cached; models/decoding.py). `attention_mask` is then
+    unused: each row's tokens are contiguous from position 0.
     """
 
     dtype: Dtype = jnp.float32
@@ -166,9 +171,9 @@ class CausalLM(ModelPart):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None,
-                 deterministic: bool = True) -> jax.Array:
+                 deterministic: bool = True, cache_positions: Optional[jax.Array] = None) -> jax.Array:
         backbone = self.backbone(self.config, self.dtype, self.param_dtype, remat=self.remat, name=self.backbone_name)
-        h = backbone(input_ids, attention_mask, deterministic)
+        h = backbone(input_ids, attention_mask, deterministic, cache_positions)
         bias = self.lm_head_bias()
         if bias is None:
             return backbone.attend(h)

@@ -47,7 +47,7 @@ def is_sliding(cfg, layer: int) -> bool:
 
 class LlamaAttention(ModelPart):
     @nn.compact
-    def __call__(self, h, positions, mask, deterministic):
+    def __call__(self, h, positions, mask, deterministic, decode=False, window=None):
         cfg = self.config
         d, heads, kv_heads = head_dim(cfg), cfg.num_attention_heads, cfg.num_key_value_heads
         qkv_bias, o_bias, _ = biases(cfg)
@@ -59,6 +59,8 @@ class LlamaAttention(ModelPart):
         v = attention.split_heads(dense(kv_heads * d, qkv_bias, "v_proj")(h), kv_heads)
         inv_freq = rotary.inverse_frequencies(d, *rotary.rope_settings(cfg))
         q, k = rotary.apply(q, positions, inv_freq), rotary.apply(k, positions, inv_freq)
+        if decode:  # the cache keeps the kv_heads, before they are repeated
+            k, v, mask = attention.cached(self, k, v, positions, window)
         # Grouped-query attention: query head j reads key/value head j // (heads / kv_heads), as repeat_kv.
         k, v = (jnp.repeat(t, heads // kv_heads, axis=2) for t in (k, v))
         out = attention.attend(
@@ -84,13 +86,15 @@ class LlamaDecoderLayer(ModelPart):
     sliding: bool = False
 
     @nn.compact
-    def __call__(self, h, positions, full_mask, sliding_mask, deterministic):
+    def __call__(self, h, positions, full_mask, sliding_mask, deterministic, decode=False):
         cfg = self.config
         kw = dict(config=cfg, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = lambda name: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, self.dtype, self.param_dtype,
                                     weight_in_float32=False, name=name)
         mask = sliding_mask if self.sliding else full_mask
-        h = h + LlamaAttention(**kw, name="self_attn")(norm("input_layernorm")(h), positions, mask, deterministic)
+        window = cfg.sliding_window if self.sliding else None
+        h = h + LlamaAttention(**kw, name="self_attn")(norm("input_layernorm")(h), positions, mask, deterministic,
+                                                       decode, window)
         return h + LlamaMLP(**kw, name="mlp")(norm("post_attention_layernorm")(h))
 
 
@@ -108,16 +112,18 @@ class LlamaModel(ModelPart):
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, self.dtype, self.param_dtype, weight_in_float32=False)
 
-    def __call__(self, input_ids, attention_mask, deterministic):
+    def __call__(self, input_ids, attention_mask, deterministic, cache_positions=None):
         length = input_ids.shape[1]
-        positions = jnp.arange(length)[None, :]
-        full_mask = attention.causal(length)
-        if attention_mask is not None:
-            full_mask = full_mask & attention.padding_mask(attention_mask)
-        sliding_mask = None
-        if any(self.sliding):
-            sliding_mask = full_mask & attention.local_causal(length, self.config.sliding_window)
-        h = self.layers(self.embed_tokens(input_ids), positions, full_mask, sliding_mask, deterministic)
+        decode = cache_positions is not None
+        positions = cache_positions if decode else jnp.arange(length)[None, :]
+        full_mask = sliding_mask = None  # decoding: attention.cached builds them
+        if not decode:
+            full_mask = attention.causal(length)
+            if attention_mask is not None:
+                full_mask = full_mask & attention.padding_mask(attention_mask)
+            if any(self.sliding):
+                sliding_mask = full_mask & attention.local_causal(length, self.config.sliding_window)
+        h = self.layers(self.embed_tokens(input_ids), positions, full_mask, sliding_mask, deterministic, decode)
         return self.norm(h)
 
     def attend(self, h):
