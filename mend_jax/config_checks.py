@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Tuple
 
 import ml_collections
 
+from mend_jax.data.io import write_json_atomically
 from mend_jax.models.layers import DTYPES, REMAT_POLICIES
 
 
@@ -170,12 +171,7 @@ def config_path(workdir: str) -> str:
 
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
-    path = config_path(workdir)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config.to_dict(), f, indent=1, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    write_json_atomically(config_path(workdir), config.to_dict(), indent=1, sort_keys=True, default=str)
 
 
 def load(workdir: str):

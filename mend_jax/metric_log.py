@@ -10,6 +10,8 @@ import math
 import os
 from typing import Any, Dict, List
 
+from mend_jax.data.io import write_json_atomically
+
 METRICS_JSONL = "metrics.jsonl"
 
 
@@ -38,10 +40,7 @@ class MetricLog:
         path = os.path.join(self.workdir, "results.json")
         if not self.enabled:
             return path
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        write_json_atomically(path, results, indent=2, sort_keys=True)
         return path
 
     def close(self) -> None:

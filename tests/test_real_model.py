@@ -51,7 +51,6 @@ def test_the_edit_command_fine_tunes_a_model_without_a_run(smollm2, tmp_path, ca
 def test_mend_meta_trains_on_the_real_facts_the_model_knows(smollm2, tmp_path):
     c = tiny.repo_config("counterfact").get_config("smollm2-135m")
     c.data.facts.relations = ("element_symbol", "state_capital")  # a small, quick filter
-    c.alg_defaults = "world"
     c.max_iters, c.accumulate_bs, c.val_interval, c.val_steps, c.eval_chunk = 3, 1, 3, 2, 2
     c.log_interval, c.checkpoint_interval, c.final_eval_steps, c.async_checkpointing = 1, 3, 2, False
     exp = experiments.build(c)
