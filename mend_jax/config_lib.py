@@ -118,7 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.data = ml_collections.ConfigDict(
         dict(
-            source="files",  # "files" (the reference's published data), "world" (embedded) or "real_facts"
+            # "files" (the reference's published data), "world" (embedded), "real_facts" (counterfact) or
+            # "model_samples" (gen: the model's own samples, data/model_samples.py)
+            source="files",
             world="default",  # with source="world" (gen, counterfact): "default" or "small" (world/presets.py)
             path="",
             loc_path="",
@@ -140,6 +142,10 @@ def base_config() -> ml_collections.ConfigDict:
             # source="real_facts" (counterfact): CounterFact cases from real fact tables, kept where the
             # model knows the fact (data/real_facts.py, data/known_facts.py). relations: () for all.
             facts=ml_collections.ConfigDict(dict(relations=(), n_cities=1000, max_neighbors=10)),
+            # source="model_samples" (gen): edits (a sampled context, then n_tokens sampled tokens, the
+            # target) and locality passages, all top_k samples of the model, built once and cached.
+            samples=ml_collections.ConfigDict(dict(n_train=1024, n_valid=128, n_loc_train=512, n_loc_valid=128,
+                                                   context_tokens=16, n_tokens=10, passage_tokens=96, top_k=40)),
             # counterfact: a batch's rows are padded to the smallest of these (and max_length) that holds them.
             length_buckets=(),
             # counterfact: this many of a batch's locality rows (training and validation) come from the edited

@@ -7,7 +7,7 @@ import ml_collections
 
 from mend_jax import config_lib, editors, models
 from mend_jax.config_checks import ConfigError, check_model_keys
-from mend_jax.data import counterfact, real_facts, tfds_source
+from mend_jax.data import counterfact, model_samples, real_facts, tfds_source
 from mend_jax.data.fever import FeverDataset, fever_path
 from mend_jax.data.gen import GenDataset, find_wikitext, load_self_sample, self_sample_path
 from mend_jax.data.io import DataNotFoundError
@@ -219,7 +219,7 @@ def _gen_sources(config, with_data: bool) -> Dict[str, Any]:
         return {"model": model_dir, "tokenizer": tokenizer_dir, "data": data_dir, "loc_files": loc_files}
     model_dir, tokenizer_dir = _files_model(config)
     sources = {"model": model_dir, "tokenizer": tokenizer_dir}
-    if with_data:
+    if with_data and config.data.source != "model_samples":  # those depend on the model: _gen_data samples them
         _require_dir(config.data.path, "data.path", "gen")
         loc_files = (None, None) if _tfds_name(config) else locality_files(config.data.loc_path)
         sources.update(data=config.data.path, loc_files=loc_files)
@@ -234,6 +234,9 @@ def _gen_model(config, sources) -> TaskModel:
 
 def _gen_data(config, model: TaskModel, sources):
     limit = locality_limit(config, model.target.module.config)
+    if config.data.source == "model_samples":
+        data_dir, train_loc, val_loc = model_samples.ensure_for_config(config, model)
+        sources = {**sources, "data": data_dir, "loc_files": (train_loc, val_loc)}
     return gen_datasets(config, model.tokenizer, sources["data"], *sources["loc_files"], limit)
 
 
@@ -421,7 +424,7 @@ def check_world_paths(config) -> None:
             )
 
 
-DATA_SOURCES = ("files", "world", "real_facts")
+DATA_SOURCES = ("files", "world", "real_facts", "model_samples")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -448,6 +451,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             real_facts.check_relations(config.data.facts.relations or list(real_facts.RELATIONS))
         except real_facts.RealFactsError as e:
             raise ConfigError(f"--config.data.facts.relations={tuple(config.data.facts.relations)!r}: {e}") from None
+    if config.data.source == "model_samples" and config.task != "gen":
+        raise ConfigError(f"--config.data.source='model_samples' samples the gen experiment's edits and locality "
+                          f"text: it goes with --config.task=gen, not {config.task!r}")
     if not config.model.inner_params:
         raise ValueError("model.inner_params is empty: name the matrices to edit, e.g. transformer.h.5.mlp.c_fc.weight")
     check_world_paths(config)

@@ -49,3 +49,15 @@ def test_perplexity_is_the_exp_of_the_mean_token_nll():
         nll -= float(sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1)))
         n += len(ids) - 1
     np.testing.assert_allclose(got, math.exp(nll / n), rtol=1e-5)
+
+
+def test_stop_at_special_cuts_each_sample_before_its_first_special_token():
+    module, params, _ = tiny.tiny_decoder("llama")
+    tok = tokenizer()
+    gen = fluency.Generator(module, tok, n_new=8, top_k=1, stop_at_special=True)
+    assert gen._until_stop(np.array([5, 7, tok.eos_token_id, 9])).tolist() == [5, 7]
+    assert gen._until_stop(np.array([5, 7, 9])).tolist() == [5, 7, 9]
+    prompts = ["w3 w17", "w9", "w1 w2 w3"]
+    whole = fluency.Generator(module, tok, n_new=8, top_k=1)(params, prompts)
+    for cut, full in zip(gen(params, prompts), whole):
+        assert full.startswith(cut)

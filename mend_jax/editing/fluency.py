@@ -46,8 +46,11 @@ class Generator:
     """Top-k samples of `n_new` tokens after each prompt; rows padded to one of ROW_BUCKETS, so a
     few compilations serve every batch."""
 
-    def __init__(self, module, tokenizer, n_new: int, top_k: int = 5, seed: int = 0):
+    def __init__(self, module, tokenizer, n_new: int, top_k: int = 5, seed: int = 0, stop_at_special: bool = False):
+        """`stop_at_special`: each text ends before its first special token (an instruct model's end
+        of turn, after which it writes the next turn's role)."""
         self.tokenizer, self.n_new, self.seed = tokenizer, n_new, seed
+        self.stops = set(tokenizer.all_special_ids) if stop_at_special else set()
         self._run = jax.jit(lambda params, ids, lengths, key: decoding.decode(
             module, params, ids, lengths, n_new, decoding.top_k(top_k), key))
 
@@ -62,7 +65,11 @@ class Generator:
         width = -(-(int(lengths.max()) + self.n_new) // 16) * 16
         ids, _ = pad_right(seqs, width, self.tokenizer.pad_token_id)
         new = np.asarray(self._run(params, ids, lengths, jax.random.PRNGKey(self.seed)))[:len(prompts)]
-        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in new]
+        return [self.tokenizer.decode(self._until_stop(row), skip_special_tokens=True) for row in new]
+
+    def _until_stop(self, row):
+        stop = next((i for i, t in enumerate(row) if int(t) in self.stops), len(row))
+        return row[:stop]
 
 
 class Perplexity:
