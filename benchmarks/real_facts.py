@@ -46,6 +46,9 @@ def evaluate(name, editor, cases, raw, args, samples):
     same_object = [i for i, c in enumerate(raw) if c.get("neighborhood_kind") == "same_object"]
     m["neighborhood_score_same_object"] = float(np.nanmean(result.case_scores["neighborhood_score"][same_object]))
     m["time_edit_and_score_s"] = edit_time / len(cases)
+    m["per_case"] = {"case_id": [c.case_id for c in cases],
+                     **{k: [None if np.isnan(x) else float(x) for x in np.asarray(v, np.float64)]
+                        for k, v in result.case_scores.items()}}
     if args.no_fluency:
         return m
     gen = fluency.Generator(editor.model.target.module, editor.model.tokenizer, args.gen_tokens)
