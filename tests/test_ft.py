@@ -140,3 +140,24 @@ def test_locality_batches_of_more_rows_join_consecutive_training_batches():
     rows = lambda s: np.asarray(LocalityStream(n_loc=2).train_batch(s)["loc"]["input_ids"])
     np.testing.assert_array_equal(pool["input_ids"][0], np.concatenate([rows(0), rows(1)])[:3])
     np.testing.assert_array_equal(pool["input_ids"][1], np.concatenate([rows(2), rows(3)])[:3])
+
+
+class BucketedLocalityStream(LocalityStream):
+    """Even steps' locality rows are 8 tokens wide, odd steps' 16 (length buckets)."""
+
+    def train_batch(self, step):
+        loc = tiny.lm_batch(61, batch=self.n_loc, length=8 if step % 2 == 0 else 16, seed=100 + step, n_label=7)
+        return {"loc": jax.tree_util.tree_map(np.asarray, loc)}
+
+
+def test_locality_batches_of_different_widths_are_padded_to_the_longest():
+    """The real-fact config pads each batch to its length bucket: FT+KL's pool pads to the widest,
+    with padding masked (attention 0, labels ignored)."""
+    from mend_jax.editors.ft import locality_pool
+
+    pool = locality_pool(BucketedLocalityStream(n_loc=1), n_batches=2, size=1)
+    assert pool["input_ids"].shape == (2, 1, 16)
+    narrow = BucketedLocalityStream().train_batch(0)["loc"]
+    np.testing.assert_array_equal(pool["input_ids"][0, :, :8], narrow["input_ids"])
+    assert not pool["attention_mask"][0, :, 8:].any() and (pool["labels"][0, :, 8:] == -100).all()
+    np.testing.assert_array_equal(pool["input_ids"][1], BucketedLocalityStream().train_batch(1)["loc"]["input_ids"])

@@ -23,11 +23,11 @@ stops on its own: finished edits no longer change).
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from mend_jax import losses
 from mend_jax.clipping import clip_grad_norm_like_torch
+from mend_jax.data.batching import concat_rows, stack_batches
 from mend_jax.editors.base import EditTarget, Params, add_to_inner, inner_values
 
 
@@ -116,7 +116,8 @@ class FT:
 
 def locality_pool(train_data, n_batches: int, size: int):
     """`n_batches` locality batches of `size` examples, stacked on a leading axis: the
-    locality parts of consecutive training batches, concatenated and cut to `size`."""
+    locality parts of consecutive training batches, concatenated and cut to `size`; batches
+    padded to different lengths (length buckets) are padded to the longest."""
     if size < 1 or n_batches < 1:
         raise ValueError(f"ft.locality_batch_size and ft.locality_pool_size must be >= 1, got {size}, {n_batches}")
     step = 0
@@ -128,5 +129,5 @@ def locality_pool(train_data, n_batches: int, size: int):
             step += 1
             parts.append(loc)
             rows += jax.tree_util.tree_leaves(loc)[0].shape[0]
-        pool.append(jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:size], *parts))
-    return jax.tree_util.tree_map(lambda *xs: jnp.asarray(np.stack(xs)), *pool)
+        pool.append(jax.tree_util.tree_map(lambda x: x[:size], concat_rows(parts)))
+    return jax.tree_util.tree_map(jnp.asarray, stack_batches(pool))
