@@ -2,7 +2,9 @@
 import itertools
 import json
 import os
-from typing import Any, List
+import shutil
+import tempfile
+from typing import Any, Callable, List
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -77,3 +79,20 @@ def write_json_atomically(path: str, obj: Any, **dump_kwargs) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def publish_directory(directory: str, write: Callable[[str], None], marker: str) -> None:
+    """Builds `directory` whole or not at all: `write(tmp)` fills a temporary directory beside it,
+    which is then renamed into place. When another process published it first (its `marker`
+    file exists), that one stays: both built the same."""
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(directory))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, directory)
+    except OSError:
+        if not os.path.isfile(os.path.join(directory, marker)):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

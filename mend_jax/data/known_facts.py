@@ -13,8 +13,6 @@ arguments and of the model's weights, so another model or another release builds
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Dict, Sequence
 
 import jax
@@ -24,6 +22,7 @@ import numpy as np
 from mend_jax import losses
 from mend_jax.data import real_facts
 from mend_jax.data.batching import prompt_target_batch, prompt_target_tokens
+from mend_jax.data.io import publish_directory
 
 BATCH = 64  # rows per jitted forward
 WIDTH_STEP = 16  # rows are padded to a multiple: a few compilations serve every length
@@ -75,19 +74,9 @@ def ensure_splits(cache_root: str, target, params, tokenizer, model_name: str, r
     progress(f"real facts: checking which of {len(cases)} facts {model_name} knows (once; cached in {directory})")
     kept, counts = real_facts.filter_known(cases, lambda p, o: knows(target, params, tokenizer, p, o))
     splits = real_facts.split_cases(kept)
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(directory))
-    try:
-        real_facts.write_splits(tmp, splits, counts, {"model": model_name, "model_fingerprint": spec["model"],
-                                                      "seed": seed, "n_cities": n_cities,
-                                                      "max_neighbors": max_neighbors,
-                                                      "known_filter": "every object token is the argmax"})
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, directory)  # another process that built it first wins; both built the same
-    except OSError:
-        if not os.path.isfile(os.path.join(directory, "facts.json")):
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_directory(directory, lambda tmp: real_facts.write_splits(
+        tmp, splits, counts, {"model": model_name, "model_fingerprint": spec["model"], "seed": seed,
+                              "n_cities": n_cities, "max_neighbors": max_neighbors,
+                              "known_filter": "every object token is the argmax"}), "facts.json")
     progress(real_facts.count_table(counts, splits))
     return directory

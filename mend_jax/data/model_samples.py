@@ -19,12 +19,10 @@ once, on first use, in a few minutes on a CPU.
 """
 import json
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Sequence, Tuple
 
 from mend_jax.data.gen import MIN_WORDS
-from mend_jax.data.io import write_json_atomically
+from mend_jax.data.io import publish_directory, write_json_atomically
 from mend_jax.data.known_facts import model_fingerprint, splits_key
 
 VERSION = 1
@@ -110,24 +108,18 @@ def ensure_samples(cache_root: str, generate, tokenizer, fingerprint: str, model
             raise ValueError(f"{model_name}'s samples gave {len(edits[split]['completions'])} {split} edits and "
                              f"{len(passages[split])} {split} passages of at least {MIN_WORDS} ASCII words: raise "
                              "data.samples.n_* or passage_tokens")
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(directory))
-    try:
+    counts = {s: {"edits": len(edits[s]["completions"]), "passages": len(passages[s])} for s in edits}
+
+    def write(tmp):
         for split in ("train", "valid"):
             write_json_atomically(os.path.join(tmp, "self_sample", f"{split}.json"), edits[split])
             os.makedirs(os.path.join(tmp, "loc"), exist_ok=True)
             with open(os.path.join(tmp, "loc", f"{split}.txt"), "w", encoding="utf-8") as f:
                 f.write("\n".join(passages[split]) + "\n")
-        counts = {s: {"edits": len(edits[s]["completions"]), "passages": len(passages[s])} for s in edits}
         write_json_atomically(os.path.join(tmp, "spec.json"), {**spec, "model_name": model_name, "counts": counts},
                               indent=1)
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, directory)  # another process that built it first wins; both built the same
-    except OSError:
-        if not os.path.isfile(os.path.join(directory, "spec.json")):
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_directory(directory, write, "spec.json")
     progress("gen data: " + json.dumps(counts))
     return files
 

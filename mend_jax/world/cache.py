@@ -15,6 +15,7 @@ import time
 from typing import Optional
 
 from mend_jax import environment
+from mend_jax.data.io import publish_directory
 from mend_jax.models import save_pretrained
 from mend_jax.world import formats
 from mend_jax.world.facts import World, WorldConfig, generate_world
@@ -74,22 +75,9 @@ def ensure_world(
 
 
 def _build_atomically(root: str, config: WorldConfig, pretrain_config: PretrainConfig, progress: bool) -> None:
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    if os.path.isdir(root):  # only a hand-made directory lacks world.json: the rename below never leaves one
+    if os.path.isdir(root):  # only a hand-made directory lacks world.json: publishing never leaves one
         shutil.rmtree(root)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}-", dir=parent)
-    try:
-        _build(tmp, generate_world(config), pretrain_config, progress)
-        os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would hide the world from other users
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not os.path.exists(os.path.join(root, WORLD_JSON)):
-                raise
-            # Another process finished the same build first; theirs is as good as ours.
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    publish_directory(root, lambda tmp: _build(tmp, generate_world(config), pretrain_config, progress), WORLD_JSON)
 
 
 def _build(out: str, world: World, pretrain_config: PretrainConfig, progress: bool) -> None:
