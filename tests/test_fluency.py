@@ -61,3 +61,14 @@ def test_stop_at_special_cuts_each_sample_before_its_first_special_token():
     whole = fluency.Generator(module, tok, n_new=8, top_k=1)(params, prompts)
     for cut, full in zip(gen(params, prompts), whole):
         assert full.startswith(cut)
+
+
+def test_a_prompt_repeated_past_one_piece_gets_new_samples():
+    """Generator samples 32 prompts per call; each call draws from its own key, so 64 copies of one
+    prompt are 64 draws, not the same 32 twice (the first 32 keep the seed's own key)."""
+    module, params, _ = tiny.tiny_decoder("gpt2")
+    gen = fluency.Generator(module, tokenizer(), n_new=6, top_k=20)
+    texts = gen(params, ["w3 w17"] * 64)
+    assert texts[:32] == gen(params, ["w3 w17"] * 32)
+    assert texts[:32] != texts[32:]
+    assert len(set(texts)) > 40

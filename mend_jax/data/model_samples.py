@@ -15,7 +15,7 @@ from the model itself, continuing SEED_PROMPTS (sentence starts of many kinds) w
 Training and validation continue disjoint seed prompts (every fifth validates). The files are
 written in the published layout, self_sample/{train,valid}.json and loc/{train,valid}.txt, under
 $MEND_JAX_CACHE/model_samples/KEY/, KEY a hash of the settings and of the model's weights: built
-once, on first use, in a few minutes on a CPU.
+once, on first use (tens of minutes on a 2-core CPU for SmolLM2-135M).
 """
 import json
 import os
@@ -25,7 +25,7 @@ from mend_jax.data.gen import MIN_WORDS
 from mend_jax.data.io import publish_directory, write_json_atomically
 from mend_jax.data.known_facts import model_fingerprint, splits_key
 
-VERSION = 1
+VERSION = 2  # 1 drew every 32 prompts' samples from one key: a repeated prompt repeated its sample
 SEED_PROMPTS = (
     "The history of", "In the morning,", "Scientists have found that", "The city is known for",
     "My favourite book is", "The weather today", "There are many reasons why", "When I was young,",
@@ -131,4 +131,3 @@ def ensure_for_config(config, model) -> Tuple[str, str, str]:
     generate = sampler(model.target.module, model.params, model.tokenizer, settings["top_k"])
     return ensure_samples(cache_root(), generate, model.tokenizer, model_fingerprint(model.params), config.model.name,
                           settings)
-

@@ -55,16 +55,21 @@ class Generator:
             module, params, ids, lengths, n_new, decoding.top_k(top_k), key))
 
     def __call__(self, params, prompts: Sequence[str]) -> List[str]:
-        if len(prompts) > ROW_BUCKETS[-1]:
-            step = ROW_BUCKETS[-1]
-            return [t for lo in range(0, len(prompts), step) for t in self(params, prompts[lo:lo + step])]
+        """One text per prompt. Each piece of ROW_BUCKETS[-1] prompts draws from its own key (the
+        first from the seed's), so that a prompt repeated across pieces gets different samples."""
+        step = ROW_BUCKETS[-1]
+        key = jax.random.PRNGKey(self.seed)
+        return [t for lo in range(0, len(prompts), step)
+                for t in self._piece(params, prompts[lo:lo + step], key if lo == 0 else jax.random.fold_in(key, lo))]
+
+    def _piece(self, params, prompts: Sequence[str], key) -> List[str]:
         seqs = [list(self.tokenizer(p)["input_ids"]) for p in prompts]
         rows = next(b for b in ROW_BUCKETS if b >= len(seqs))
         seqs = seqs + [seqs[-1]] * (rows - len(seqs))
         lengths = np.array([len(s) for s in seqs], np.int32)
         width = -(-(int(lengths.max()) + self.n_new) // 16) * 16
         ids, _ = pad_right(seqs, width, self.tokenizer.pad_token_id)
-        new = np.asarray(self._run(params, ids, lengths, jax.random.PRNGKey(self.seed)))[:len(prompts)]
+        new = np.asarray(self._run(params, ids, lengths, key))[:len(prompts)]
         return [self.tokenizer.decode(self._until_stop(row), skip_special_tokens=True) for row in new]
 
     def _until_stop(self, row):
