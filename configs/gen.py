@@ -68,8 +68,8 @@ def get_config(arg: str = None):
         c.data.loc_length_buckets = [128]
         c.data.loc_pct = 100.0
         c.data.loc_pool = "all"
-        # The world's rates and a run of about half an hour on 2 CPU cores; each validation edits
-        # 100 of the validation split's samples.
+        # The world's rates and 1,000 steps: a starting point, not yet chosen on validation
+        # (docs/real_model.md); each validation edits 100 of the validation split's samples.
         config_lib.world_schedule(c, max_iters=1000, log_interval=50, val_interval=250, val_steps=100,
                                   early_stop_patience=20000)
     elif arg in LARGE_DECODERS:
