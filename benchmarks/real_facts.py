@@ -136,6 +136,5 @@ def main():
     print(table(rows))
 
 
-
 if __name__ == "__main__":
     main()

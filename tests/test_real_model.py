@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from mend_jax import Editor, config_lib, experiments
+from mend_jax import Editor, experiments
 from mend_jax import edit as edit_cli
 from mend_jax.data import known_facts
 from mend_jax.editors.base import EditTarget
